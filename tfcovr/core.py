@@ -158,9 +158,16 @@ def get_device(device: str = "auto") -> "torch.device":
         raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
 
-# %% ../nbs/00_core.ipynb #46b6b5b7
+# %% ../nbs/00_core.ipynb #b97173fa
+def _umask() -> int:
+    mask = os.umask(0); os.umask(mask)
+    return mask
+
+
 def _tmp_name(path: Path) -> Path:
+    "A new empty file beside `path`, readable like any file the user creates (mkstemp alone makes it 0600)."
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     return Path(tmp)
 
@@ -193,6 +200,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
