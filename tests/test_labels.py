@@ -1,0 +1,207 @@
+"""Label extraction (tfcovr.labels) and label attributes (tfcovr.attributes) on the real annotation files,
+the error cases on small files, and the `labels` stage run through papermill on a tiny benchmark."""
+import collections
+import functools
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfcovr.attributes import Attributes, add_attributes, diff_attributes, is_complete, parse_label
+from tfcovr.core import from_dict
+from tfcovr.labels import (FINEDIVING_ANNOTATION, FINEDIVING_TABLE, LabelsConfig, UnsafePickleError, label_table,
+                           load_finediving, load_finegym, load_labels, safe_load_pickle)
+
+
+def real_config() -> LabelsConfig:
+    "The real annotations, with paths relative to the shared data folder (as they would be under data/raw)."
+    return from_dict(LabelsConfig, {
+        "datasets": ["finegym", "finediving"],
+        "finegym": {"categories": "finegym/gym288_categories.txt", "set_categories": "finegym/set_categories.txt",
+                    "splits": {"train": "finegym/gym288_train_element_v1.1.txt", "val": "finegym/gym288_val_element.txt"}},
+        "finediving": {"annotation_dir": "finediving", "splits": ["train", "test"]}}, "labels")
+
+
+@functools.lru_cache(maxsize=1)
+def _real_clips(root: Path) -> pd.DataFrame: return load_labels(real_config(), root)
+
+
+@pytest.fixture
+def real_clips(shared_data):
+    "The clip table of the real annotations (read once per session)."
+    return _real_clips(shared_data)
+
+
+# ---- real files ---------------------------------------------------------------------------------------------
+
+def test_real_finegym_counts(real_clips):
+    g = real_clips[real_clips.dataset == "finegym"].groupby("split")
+    assert g.size().to_dict() == {"train": 29334, "val": 9646}
+    assert g.label_id.nunique().to_dict() == {"train": 288, "val": 288}
+    assert g.source_video.nunique().to_dict() == {"train": 177, "val": 117}
+
+
+def test_real_finediving_counts(real_clips):
+    d = real_clips[real_clips.dataset == "finediving"]
+    assert d.groupby("split").size().to_dict() == {"train": 2251, "test": 749}
+    assert d.groupby("split").label_id.nunique().to_dict() == {"train": 52, "test": 44}
+    assert d.source_video.nunique() == 135
+    assert (d.video_key == d.source_video + "/" + d.video_id.str.rsplit("_", n=1).str[1]).all()
+    assert set(d.event) == {"springboard", "platform", "diving"}
+
+
+def test_real_label_texts(real_clips):
+    texts = real_clips.drop_duplicates("label_id").set_index("label_id").label
+    assert texts["finegym/26"] == "(VT) tsukahara tucked"
+    assert texts["finediving/107b"] == "Forward, 3.5 Soms.Pike, Entry"
+    assert texts["finediving/612b"] == "Arm.Forward, 1 Som.Pike, Entry"  # not the '3.5 Twists' annotation slip
+    assert real_clips.groupby("label_id").label.nunique().max() == 1
+    assert real_clips.video_id.is_unique
+    labels = label_table(real_clips)
+    assert len(labels) == 340 and labels.n_clips.sum() == len(real_clips)
+
+
+def test_real_labels_parse_completely(real_clips):
+    labels = add_attributes(label_table(real_clips))
+    assert labels.attr_complete.mean() >= 0.95
+    assert set(labels.attr_discipline) == {"gymnastics", "diving"}
+    gym = labels[labels.dataset == "finegym"]
+    assert (gym.attr_event == gym.event).all()   # the text's event is the clip's event
+
+
+def test_safe_load_pickle_reads_real_annotation(shared_data):
+    ann = safe_load_pickle(shared_data / "finediving" / FINEDIVING_ANNOTATION)
+    assert len(ann) == 3000
+    v = ann[("01", 1)]
+    assert isinstance(v["frames_labels"], np.ndarray) and v["action_type"] == "407c"
+
+
+# ---- errors -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def gym_files(tmp_path):
+    (tmp_path / "cats.txt").write_text("Clabel:   0; set:  1; Glabel:   0; (VT) tsukahara tucked\n"
+                                       "Clabel:   1; set: 21; Glabel:   5; (FX) split leap with 1 turn\n")
+    (tmp_path / "train.txt").write_text("abcdefghijk_E_000010_000020_A_0001_0003 0\nabcdefghijk_E_000010_000020_A_0004_0006 1\n")
+    return tmp_path
+
+
+def test_finegym_malformed_line_names_file_and_line(gym_files):
+    (gym_files / "bad.txt").write_text("abcdefghijk_E_000010_000020_A_0001_0003 0\n\nabcdefghijk_E_10_20_A_1_3 1\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:3: malformed clip line"):
+        load_finegym(gym_files / "cats.txt", {"train": gym_files / "bad.txt"})
+    (gym_files / "bad_cats.txt").write_text("Clabel: 0; set: 1; Glabel: 0; (VT) a\nClabel: x; set: 1; Glabel: 1; (VT) b\n")
+    with pytest.raises(ValueError, match=r"bad_cats\.txt:2: malformed category line"):
+        load_finegym(gym_files / "bad_cats.txt", {"train": gym_files / "train.txt"})
+
+
+def test_finegym_unknown_label_id(gym_files):
+    (gym_files / "bad.txt").write_text("abcdefghijk_E_000010_000020_A_0001_0003 0\nabcdefghijk_E_000010_000020_A_0004_0006 7\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:2: unknown label id 7"):
+        load_finegym(gym_files / "cats.txt", {"train": gym_files / "bad.txt"})
+
+
+def test_finegym_small(gym_files):
+    df = load_finegym(gym_files / "cats.txt", {"train": gym_files / "train.txt"})
+    assert df.label_id.tolist() == ["finegym/0", "finegym/1"]
+    assert df.event.tolist() == ["VT", "FX"] and df.source_video.tolist() == ["abcdefghijk"] * 2
+    assert df.action_start.tolist() == [1, 4]
+
+
+def test_refused_pickles_never_run(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self): return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(UnsafePickleError, match=r"evil\.pkl: refused to load the global posix\.system"):
+        safe_load_pickle(tmp_path / "evil.pkl")
+    assert not marker.exists()
+    (tmp_path / "od.pkl").write_bytes(pickle.dumps(collections.OrderedDict(a=np.arange(2))))
+    with pytest.raises(UnsafePickleError, match="collections.OrderedDict"):
+        safe_load_pickle(tmp_path / "od.pkl")
+
+
+def write_diving(d: Path, splits: dict, ann: dict | None = None):
+    d.mkdir(parents=True, exist_ok=True)
+    ann = ann or {("Women10m_final", i): {"action_type": "107b", "difficulty": 3.0, "dive_score": 60.0,
+                                          "sub-action_types": {np.int64(1): "Forward", np.int64(17): "3.5 Soms.Pike", np.int64(36): "Entry"},
+                                          "frames_labels": np.array([1, 17, 36])} for i in range(1, 4)}
+    (d / FINEDIVING_ANNOTATION).write_bytes(pickle.dumps(ann))
+    (d / FINEDIVING_TABLE).write_bytes(pickle.dumps({1: "Forward", 17: "3.5 Soms.Pike", 36: "Entry"}))
+    for s, keys in splits.items(): (d / f"{s}_split.pkl").write_bytes(pickle.dumps(keys))
+
+
+def test_finediving_split_key_missing_from_annotation(tmp_path):
+    write_diving(tmp_path, {"train": [("Women10m_final", 1)], "test": [("Women10m_final", 9)]})
+    with pytest.raises(ValueError, match=r"test_split\.pkl: key \('Women10m_final', 9\) is not in"):
+        load_finediving(tmp_path)
+
+
+def test_finediving_refuses_unsafe_split(tmp_path):
+    write_diving(tmp_path, {"train": collections.OrderedDict()})
+    with pytest.raises(UnsafePickleError, match=r"train_split\.pkl"):
+        load_finediving(tmp_path)
+
+
+# ---- attributes ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,want", [
+    ("(FX) salto backward stretched with 3.5 twist",
+     Attributes("gymnastics", "FX", "salto", "backward", turns=3.5, somersaults=1.0, position="straight")),
+    ("(VT) round-off, flic-flac with 1 turn on, piked salto backward off",
+     Attributes("gymnastics", "VT", "round-off", "backward", turns=0.0, somersaults=1.0, position="pike", entry_turns=1.0)),
+    ("(UB) stalder forward with 0.5 turn to handstand",
+     Attributes("gymnastics", "UB", "stalder", "forward", turns=0.5, detail="to handstand")),
+    ("(BB) 2.5 turn in tuck stand on one leg, free leg optional",
+     Attributes("gymnastics", "BB", "turn", turns=2.5, detail="in tuck stand on one leg, free leg optional")),
+    ("Arm.Back, 1.5 Twists, 2 Soms.Pike, Entry",
+     Attributes("diving", None, "armstand dive", "backward", twists=1.5, somersaults=2.0, position="pike")),
+])
+def test_parse_label(text, want):
+    got = parse_label(text)
+    assert got == want, diff_attributes(got, want)
+    assert is_complete(got)
+
+
+def test_diff_attributes_names_the_change():
+    a, b = parse_label("(FX) double salto backward tucked with 1 twist"), parse_label("(FX) double salto backward tucked with 2 twist")
+    assert diff_attributes(a, b) == {"turns": (1.0, 2.0)}
+
+
+# ---- stage --------------------------------------------------------------------------------------------------
+
+def test_labels_stage_writes_parquet(root, tmp_path, gym_files):
+    write_diving(tmp_path / "fd", {"train": [("Women10m_final", 1), ("Women10m_final", 2)], "val": [("Women10m_final", 3)]})
+    (gym_files / "val.txt").write_text("bbbbbbbbbbb_E_000010_000020_A_0001_0003 1\n")
+    (tmp_path / "params.yaml").write_text(f"""
+seed: 0
+labels:
+  datasets: [finegym, finediving]
+  finegym:
+    categories: {gym_files / 'cats.txt'}
+    set_categories: null
+    splits: {{train: {gym_files / 'train.txt'}, val: {gym_files / 'val.txt'}}}
+  finediving:
+    annotation_dir: {tmp_path / 'fd'}
+    splits: [train, val]
+""")
+    out = tmp_path / "labels.parquet"
+    r = subprocess.run([str(Path(sys.executable).parent / "papermill"), "--no-progress-bar", "nbs/stages/labels.ipynb",
+                        str(tmp_path / "executed.ipynb"), "-p", "params_file", str(tmp_path / "params.yaml"), "-p", "out", str(out)],
+                       cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_parquet(out)
+    assert len(df) == 6
+    assert df.groupby(["dataset", "split"]).size().to_dict() == {
+        ("finediving", "train"): 2, ("finediving", "val"): 1, ("finegym", "train"): 2, ("finegym", "val"): 1}
+    assert df.set_index("video_id").loc["Women10m_final_3", ["video_key", "event", "attr_somersaults"]].tolist() == \
+        ["Women10m_final/3", "platform", 3.5]
+    assert df.attr_complete.all()
+    assert not list(tmp_path.glob(".labels*"))   # no temporary file left behind
