@@ -1,0 +1,194 @@
+"""Video loading end to end: real H.264 files and JPEG folders written here, read back frame-exact."""
+import pickle
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tfcovr.core import rng
+from tfcovr.video import (VideoError, check_main, check_videos, load_clip, resize_clip, resolve_video,
+                          segment_indices, video_length, write_mp4)
+
+
+def ramp(n: int, h: int = 32, w: int = 40) -> np.ndarray:
+    "n flat frames; frame k has brightness 5 + 5k (up to 50 frames), so a clip tells which frames it holds."
+    assert n <= 50
+    return np.stack([np.full((h, w, 3), 5 + 5 * k, np.uint8) for k in range(n)])
+
+
+def ids(clip: torch.Tensor) -> list[int]:
+    return ((clip.float().mean((1, 2, 3)) - 5) / 5).round().int().tolist()
+
+
+def textured(n: int, h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:
+    "A moving texture: every frame differs everywhere, so the encoder uses P and B frames."
+    g = np.random.default_rng(seed)
+    base = g.integers(0, 256, (h, w + n * 4, 3), dtype=np.uint8)
+    return np.stack([base[:, 4 * k:4 * k + w] for k in range(n)])
+
+
+def jpeg_folder(folder: Path, frames: np.ndarray) -> Path:
+    folder.mkdir(parents=True)
+    for k, f in enumerate(frames): Image.fromarray(f).save(folder / f"{k:05d}.jpg", quality=95)
+    return folder
+
+
+def mp4_faststart(path: Path, frames: np.ndarray) -> Path:
+    "An mp4 whose index (moov) precedes the data, so a truncated copy still opens and lists every frame."
+    with av.open(str(path), "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")): c.mux(p)
+        for p in s.encode(): c.mux(p)
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    "A video root holding good and bad videos of every kind."
+    root = tmp_path_factory.mktemp("videos")
+    for L in (7, 20, 33): write_mp4(root / f"ramp{L}.mp4", ramp(L))
+    write_mp4(root / "tex.mp4", textured(40))
+    jpeg_folder(root / "comp" / "1", ramp(20))
+    (root / "empty.mp4").touch()
+    (root / "noise.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    tex = (root / "tex.mp4").read_bytes()
+    (root / "cut.mp4").write_bytes(tex[: len(tex) // 2])                      # index at the end: lost
+    fs = mp4_faststart(root / "fs.mp4", textured(40, seed=1)).read_bytes()
+    (root / "fscut.mp4").write_bytes(fs[: int(len(fs) * 0.9)])                 # index intact, data cut
+    bad = jpeg_folder(root / "comp" / "2", ramp(10))
+    (bad / "00005.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return root
+
+
+def pyav_frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c: return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_decoded_frames_equal_pyav_in_any_order(videos):
+    ref = pyav_frames(videos / "tex.mp4")                                       # [40, 240, 320, 3]
+    assert video_length(videos / "tex.mp4") == len(ref) == 40
+    clip = load_clip(videos / "tex.mp4", 12)
+    assert clip.shape == (12, 240, 320, 3) and clip.dtype == torch.uint8
+    assert torch.equal(clip, torch.from_numpy(ref[segment_indices(40, 12)]))
+    for seed in range(3):                                                       # random seeks, B-frames
+        clip = load_clip(videos / "tex.mp4", 12, mode="random", rng=rng(seed, "clip"))
+        assert torch.equal(clip, torch.from_numpy(ref[segment_indices(40, 12, "random", rng(seed, "clip"))]))
+
+
+@pytest.mark.parametrize("L", [7, 20, 33])
+@pytest.mark.parametrize("n", [1, 8, 12])
+def test_center_sampling_is_the_segment_centre(videos, L, n):
+    assert ids(load_clip(videos / f"ramp{L}.mp4", n)) == [int(np.floor((i + 0.5) * L / n)) for i in range(n)]
+
+
+def test_random_sampling_stays_in_segments_and_repeats_under_a_seed(videos):
+    L, n = 33, 8
+    seen = np.array([ids(load_clip(videos / "ramp33.mp4", n, mode="random", rng=s)) for s in range(20)])
+    lo, hi = np.arange(n) * L // n, ((np.arange(n) + 1) * L + n - 1) // n - 1
+    assert ((seen >= lo) & (seen <= hi)).all()
+    assert len({tuple(r) for r in seen}) > 1                                    # the seed matters
+    a = load_clip(videos / "ramp33.mp4", n, mode="random", rng=np.random.default_rng(5))
+    b = load_clip(videos / "ramp33.mp4", n, mode="random", rng=5)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="needs rng"): load_clip(videos / "ramp33.mp4", n, mode="random")
+
+
+def test_frame_folder_matches_the_mp4_sampling(videos):
+    folder = resolve_video(videos, "comp/1")
+    assert folder == videos / "comp" / "1" and video_length(folder) == 20
+    assert ids(load_clip(folder, 8)) == ids(load_clip(videos / "ramp20.mp4", 8)) == [1, 3, 6, 8, 11, 13, 16, 18]
+
+
+def test_resize_short_side_crop_and_exact(videos):
+    clip = load_clip(videos / "tex.mp4", 4, size=224)
+    assert clip.shape == (4, 224, 224, 3) and clip.dtype == torch.uint8
+    full = load_clip(videos / "tex.mp4", 4)
+    assert torch.equal(clip, resize_clip(full, 224))
+    ramp_x = torch.linspace(0, 255, 320).round().to(torch.uint8)[None, None, :, None].expand(1, 240, 320, 3)
+    crop = resize_clip(ramp_x.contiguous(), 224)[0, 0, :, 0].float()            # keeps columns 40..279 of 320
+    assert abs(crop[0] - 40 * 255 / 319) < 3 and abs(crop[-1] - 279 * 255 / 319) < 3
+    assert load_clip(videos / "tex.mp4", 4, size=(112, 150)).shape == (4, 112, 150, 3)
+
+
+def test_short_videos_repeat_frames_unless_min_frames(videos):
+    assert ids(load_clip(videos / "ramp7.mp4", 12)) == [0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 6, 6]
+    with pytest.raises(VideoError, match=r"ramp7\.mp4: 7 frames, fewer than the 12 required"):
+        load_clip(videos / "ramp7.mp4", 12, min_frames=12)
+    assert load_clip(videos / "ramp7.mp4", 7, min_frames=7).shape[0] == 7
+
+
+@pytest.mark.parametrize("name,message", [
+    ("missing.mp4", "file not found"),
+    ("empty.mp4", "empty file (0 bytes)"),
+    ("noise.mp4", "cannot open as a video"),
+    ("cut.mp4", "cannot open as a video"),
+    ("fscut.mp4", "cannot"),
+    ("comp/2", "00005.jpg: corrupt JPEG frame"),
+])
+def test_unreadable_videos_raise_naming_the_file(videos, name, message):
+    path = videos / name
+    with pytest.raises(VideoError) as e:
+        if name == "comp/2": load_clip(path, 10)                                # touches every frame
+        else: load_clip(path, 12, mode="random", rng=0)
+    assert str(e.value).startswith(str(path)) and message in str(e.value)
+
+
+def test_resolve_video_names_both_tried_paths(videos):
+    assert resolve_video(videos, "ramp7") == videos / "ramp7.mp4"
+    with pytest.raises(VideoError) as e: resolve_video(videos, "comp/99")
+    assert f"{videos}/comp/99.mp4" in str(e.value) and f"{videos}/comp/99/" in str(e.value)
+
+
+class _Clips(torch.utils.data.Dataset):
+    def __init__(self, paths): self.paths = paths
+    def __len__(self): return len(self.paths)
+    def __getitem__(self, i): return load_clip(self.paths[i], 4, size=32)
+
+
+def test_clips_load_in_data_loader_workers_and_errors_keep_their_type(videos):
+    good = list(torch.utils.data.DataLoader(_Clips([videos / "ramp20.mp4"] * 2), batch_size=2, num_workers=1))
+    assert good[0].shape == (2, 4, 32, 32, 3) and ids(good[0][1]) == [2, 7, 12, 17]
+    # a worker's error comes back through ExceptionWrapper (a real failing worker takes 5 s to shut down)
+    from torch._utils import ExceptionWrapper
+    try: _Clips([videos / "noise.mp4"])[0]
+    except VideoError: wrapped = pickle.loads(pickle.dumps(ExceptionWrapper(where="in DataLoader worker process 0")))
+    with pytest.raises(VideoError, match="noise.mp4: cannot open as a video"): wrapped.reraise()
+
+
+def test_check_videos_lists_every_problem_quietly(videos, capfd):
+    keys = ["ramp20", "missing", "empty", "noise", "cut", "fscut", "comp/1", "comp/2", "ramp7"]
+    probs = check_videos(keys, root=videos, n=12, deep=True, workers=2, progress=False)
+    assert probs.video.tolist() == ["missing", "empty", "noise", "cut", "fscut", "comp/2"]
+    assert probs.path.tolist()[1:] == [str(videos / f"{k}.mp4") for k in ("empty", "noise", "cut", "fscut")] + [
+        str(videos / "comp" / "2")]
+    assert probs.problem.str.len().gt(0).all()
+    assert "ERROR opening" not in capfd.readouterr().err                       # no decord noise
+    short = check_videos(["ramp7", "ramp20"], root=videos, n=12, min_frames=12, progress=False)
+    assert short.to_dict("records") == [{"video": "ramp7", "path": str(videos / "ramp7.mp4"),
+                                         "problem": "7 frames, fewer than the 12 required"}]
+
+
+def test_check_command_on_a_labels_table(videos, tmp_path, capsys):
+    labels = pd.DataFrame({
+        "dataset": ["finegym", "finegym", "finegym", "finediving", "finediving"],
+        "video_id": ["a", "b", "c", "d", "e"], "source_video": ["s"] * 5, "label_id": [0, 1, 2, 3, 4],
+        "label": ["x"] * 5, "event": ["VT"] * 5, "split": ["train"] * 5,
+        "video_key": ["ramp20", "noise", "ramp33", "1", "2"]})
+    labels.to_parquet(tmp_path / "labels.parquet")
+    argv = [str(tmp_path / "labels.parquet"), "--root", f"finegym={videos}", "--root", f"finediving={videos / 'comp'}",
+            "--out", str(tmp_path / "problems.csv")]
+    assert check_main(argv) == 1
+    out, err = capsys.readouterr()
+    assert [l.split(": ")[0] for l in out.splitlines()] == [str(videos / "noise.mp4"), str(videos / "comp" / "2")]
+    assert "2 of 5 videos unreadable" in err
+    assert pd.read_csv(tmp_path / "problems.csv").video.tolist() == ["noise", "2"]
+    labels[labels.video_key.isin(["ramp20", "ramp33"])].to_csv(tmp_path / "good.csv", index=False)
+    assert check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--workers", "2"]) == 0
+    assert check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--column", "nope"]) == 2
+    assert "no column 'nope'" in capsys.readouterr().err
