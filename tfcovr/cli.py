@@ -13,7 +13,7 @@ from .core import ParamsError, to_dict
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/91_cli.ipynb #8b25e54d
+# %% ../nbs/91_cli.ipynb #e0ef4928
 def _params(args: argparse.Namespace) -> int:
     from tfcovr.pipeline import check_params
     ps = check_params(args.file)
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("params", help="validate a params.yaml file")
     s.add_argument("file", nargs="?", default="params.yaml")
     s.set_defaults(func=_params)
+    from tfcovr.video import add_check_args, run_check
+    s = sub.add_parser("check", help="list every unreadable video of a labels table")
+    add_check_args(s).set_defaults(func=run_check)
     return p
 
 

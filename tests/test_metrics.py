@@ -1,0 +1,229 @@
+"""Retrieval metrics against hand-worked rankings and a brute-force, one-query-at-a-time reference."""
+import numpy as np
+import pytest
+import torch
+
+from tfcovr.metrics import (ap_at_k, map_at_k, per_query_metrics, per_query_metrics_from_embeddings, recall_at_k,
+                            retrieval_metrics, retrieval_metrics_from_embeddings, summarize_metrics)
+
+
+def brute_force(sim, rel, excl, ks):
+    "Per query: rank the non-excluded items by (-score, index); AP@K, R@K and first-hit rank by plain loops."
+    Q, G = sim.shape
+    ap = {k: [] for k in ks}
+    first = []
+    for i in range(Q):
+        order = sorted((j for j in range(G) if not excl[i, j]), key=lambda j: (-float(sim[i, j]), j))
+        n = sum(1 for j in order if rel[i, j])
+        if n == 0: raise ValueError(f"query {i} has no GT")
+        first.append(next(r for r, j in enumerate(order, 1) if rel[i, j]))
+        for k in ks:
+            found, s = 0, 0.0
+            for r, j in enumerate(order[:k], 1):
+                if rel[i, j]:
+                    found += 1
+                    s += found / r
+            ap[k].append(s / min(n, k))
+    metrics = {}
+    for k in ks:
+        metrics[f"mAP@{k}"] = 100 * float(np.mean(ap[k]))
+        metrics[f"R@{k}"] = 100 * float(np.mean([f <= k for f in first]))
+    return {k: np.array(v) for k, v in ap.items()}, np.array(first), metrics
+
+
+def labelled_problem(seed, Q, G, D, n_labels, integer=False, own_fraction=0.5):
+    "Random embeddings (clustered by label), labels, and the query's own gallery position for some queries."
+    g = torch.Generator().manual_seed(seed)
+    gl = torch.arange(G) % n_labels
+    centres = torch.randn(n_labels, D, generator=g)
+    ge = centres[gl] + torch.randn(G, D, generator=g)
+    ql = torch.randint(0, n_labels, (Q,), generator=g)
+    qe = centres[ql] + 1.5 * torch.randn(Q, D, generator=g)
+    if integer: qe, ge = qe.round().clamp(-3, 3), ge.round().clamp(-3, 3)   # exact sims, many ties
+    qgi = torch.where(torch.rand(Q, generator=g) < own_fraction, torch.randint(0, G, (Q,), generator=g), -1)
+    return qe, ge, ql, gl, qgi
+
+
+def dense_inputs(qe, ge, ql, gl, qgi):
+    sim = (qe.double() @ ge.double().T).numpy()
+    rel = (ql[:, None] == gl[None]).numpy()
+    excl = np.zeros_like(rel)
+    own = np.flatnonzero(qgi.numpy() >= 0)
+    excl[own, qgi.numpy()[own]] = True
+    return sim, rel, excl
+
+
+# ---------------------------------------------------------------- hand-worked cases
+
+SIM = np.array([[.9, .8, .7, .6, .5, .4]])  # ranking = index order
+
+
+@pytest.mark.parametrize("gts,k,expected", [
+    ([0, 2, 5], 5, (1 + 2 / 3) / 3),        # several GTs, one past the cut
+    ([0, 2, 5], 2, 1 / 2),                  # denominator min(|G|, K) = 2
+    ([1], 5, 1 / 2),                        # fewer GTs than K
+    ([4], 3, 0.0),                          # GT below the cut
+    ([0, 1, 2, 3, 4, 5], 5, 1.0),           # more GTs than K, all top ranks hit
+    ([1, 2, 3], 2, (1 / 2) / 2),            # more GTs than K, first rank missed
+    ([0, 2], 10, (1 + 2 / 3) / 2),          # K beyond the end of the gallery
+])
+def test_hand_worked_ap(gts, k, expected):
+    rel = np.zeros_like(SIM, dtype=bool)
+    rel[0, gts] = True
+    pq = per_query_metrics(SIM, rel, ks=(k,))
+    assert pq[f"AP@{k}"][0] == pytest.approx(expected)
+    assert pq["first_hit_rank"][0] == min(gts) + 1
+    assert retrieval_metrics(SIM, rel, ks=(k,))[f"mAP@{k}"] == pytest.approx(100 * expected)
+
+
+def test_primitives_on_hits():
+    hits = np.array([[1, 0, 1, 0], [0, 0, 0, 1]], bool)
+    n = np.array([2, 3])
+    np.testing.assert_allclose(ap_at_k(hits, n, 4), [(1 + 2 / 3) / 2, (1 / 4) / 3])
+    assert map_at_k(hits, n, 1) == pytest.approx(50.0)
+    assert recall_at_k(hits, 3) == pytest.approx(50.0)
+    assert recall_at_k(hits, 4) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="query 1: 2 hits in the top 4 but only 1"):
+        ap_at_k(np.array([[1, 0, 0, 0], [1, 1, 0, 0]], bool), np.array([1, 1]), 4)
+
+
+def test_exclusion_removes_the_query_from_its_ranking():
+    rel = np.zeros_like(SIM, dtype=bool)
+    rel[0, [0, 2]] = True            # item 0 is the query itself and carries the target label
+    excl = np.zeros_like(rel)
+    excl[0, 0] = True
+    pq = per_query_metrics(SIM, rel, ks=(5,), exclude=excl)
+    assert pq["AP@5"][0] == pytest.approx(1 / 2)        # item 2 moves up to rank 2
+    assert pq["n_relevant"][0] == 1
+    assert pq["first_hit_rank"][0] == 2
+    assert pq["top_index"][0].tolist() == [1, 2, 3, 4, 5]
+    assert per_query_metrics(SIM, rel, ks=(5,))["AP@5"][0] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_query_without_gt_raises_naming_it():
+    sim = np.tile(SIM, (3, 1))
+    rel = np.ones_like(sim, dtype=bool)
+    rel[2] = False
+    with pytest.raises(ValueError, match="query 2 has no relevant"):
+        retrieval_metrics(sim, rel)
+    rel[2] = False
+    rel[2, 3] = True
+    excl = np.zeros_like(rel)
+    excl[2, 3] = True                # its only GT is the query itself
+    with pytest.raises(ValueError, match="query 2 has no relevant"):
+        retrieval_metrics(sim, rel, exclude=excl)
+    with pytest.raises(ValueError, match="query 2 has no relevant"):
+        retrieval_metrics_from_embeddings(np.eye(3), np.eye(3), [0, 1, 7], [0, 1, 2])
+
+
+def test_ties_broken_by_lower_gallery_index():
+    sim = np.array([[.5, .5, .5, .9, .5]])
+    rel = np.array([[False, False, True, False, False]])
+    pq = per_query_metrics(sim, rel, ks=(2, 3, 5))
+    assert pq["top_index"][0].tolist() == [3, 0, 1, 2, 4]
+    assert pq["first_hit_rank"][0] == 4
+    assert pq["AP@5"][0] == pytest.approx(1 / 4)
+    assert pq["AP@3"][0] == 0.0
+    excl = np.array([[False, True, False, False, False]])
+    assert per_query_metrics(sim, rel, ks=(3,), exclude=excl)["AP@3"][0] == pytest.approx(1 / 3)
+
+
+def test_all_equal_scores_rank_by_index():
+    sim = np.zeros((2, 40), np.float32)
+    rel = np.zeros((2, 40), bool)
+    rel[0, 7] = rel[1, 39] = True
+    pq = per_query_metrics(sim, rel, ks=(10, 25))
+    assert pq["first_hit_rank"].tolist() == [8, 40]
+    assert pq["top_index"][0].tolist() == list(range(25))
+    assert pq["AP@10"].tolist() == pytest.approx([1 / 8, 0.0])
+
+
+def test_numpy_and_torch_inputs_agree():
+    qe, ge, ql, gl, qgi = labelled_problem(1, 20, 30, 6, 5)
+    sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)
+    m = retrieval_metrics(sim, rel, (1, 5, 10), excl)
+    assert retrieval_metrics(torch.from_numpy(sim), torch.from_numpy(rel), (1, 5, 10), torch.from_numpy(excl)) == m
+    assert retrieval_metrics(sim, rel, (1, 5, 10), excl, chunk_size=3) == m
+    assert retrieval_metrics_from_embeddings(qe.numpy(), ge.numpy(), ql.numpy(), gl.numpy(), qgi.numpy(),
+                                             (1, 5, 10), dtype=torch.float64) == m
+
+
+def test_string_labels():
+    qe, ge, ql, gl, qgi = labelled_problem(2, 15, 25, 4, 4)
+    names = np.array(["vault", "floor", "beam", "bars"])
+    a = retrieval_metrics_from_embeddings(qe, ge, ql, gl, qgi, (5,))
+    b = retrieval_metrics_from_embeddings(qe, ge, names[ql.numpy()], names[gl.numpy()], qgi, (5,))
+    assert a == b
+
+
+# ---------------------------------------------------------------- against the brute-force reference
+
+@pytest.mark.parametrize("seed,integer,G", [(0, False, 500), (1, True, 500), (2, True, 37), (3, True, 8)])
+def test_chunked_equals_dense_and_reference(seed, integer, G):
+    Q, ks = 300, (5, 10, 25, 50)
+    qe, ge, ql, gl, qgi = labelled_problem(seed, Q, G, 16, min(40, G // 2), integer=integer)
+    sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)
+    # float64 similarities are exact for the integer case and order-stable for the continuous one
+    chunked = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, chunk_size=64, dtype=torch.float64)
+    dense = per_query_metrics(sim, rel, ks, excl, chunk_size=100)
+    for key in ["first_hit_rank", "n_relevant", "hits", "top_index"] + [f"AP@{k}" for k in ks]:
+        np.testing.assert_array_equal(chunked[key], dense[key], err_msg=key)
+    ap, first, metrics = brute_force(sim, rel & ~excl, excl, ks)
+    np.testing.assert_array_equal(chunked["first_hit_rank"], first)
+    for k in ks: np.testing.assert_allclose(chunked[f"AP@{k}"], ap[k], rtol=0, atol=1e-12)
+    got = summarize_metrics(chunked, ks)
+    assert list(got) == list(metrics)
+    for key, v in metrics.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
+
+
+def test_float32_embeddings_with_ties_match_reference():
+    qe, ge, ql, gl, qgi = labelled_problem(4, 120, 200, 8, 20, integer=True)
+    sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)   # integer sims: exact in float32 too
+    got = retrieval_metrics_from_embeddings(qe, ge, ql, gl, qgi, (5, 10), chunk_size=32)
+    _, _, ref = brute_force(sim, rel & ~excl, excl, (5, 10))
+    for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
+
+
+def _topk_highest_index_first(self, k, dim=-1, largest=True, sorted=True):
+    "A legal topk that resolves ties the worst way for us: the highest index first."
+    vals, i = self.flip(dim).sort(dim=dim, descending=True, stable=True)
+    return torch.return_types.topk((vals.narrow(dim, 0, k), (self.shape[dim] - 1 - i).narrow(dim, 0, k)))
+
+
+def test_ties_do_not_depend_on_topk_tie_order(monkeypatch):
+    "topk may return any of several tied items; the ranking must still be stable by gallery index."
+    qe, ge, ql, gl, qgi = labelled_problem(7, 150, 120, 6, 12, integer=True)
+    sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)
+    _, first, ref = brute_force(sim, rel & ~excl, excl, (1, 5, 10))
+    monkeypatch.setattr(torch.Tensor, "topk", _topk_highest_index_first)
+    assert torch.tensor([[1., 2., 2., 0., 2.]]).topk(2, 1).indices.tolist() == [[4, 2]]   # the patch is active
+    pq = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, (1, 5, 10), chunk_size=40)
+    np.testing.assert_array_equal(pq["first_hit_rank"], first)
+    got = summarize_metrics(pq, (1, 5, 10))
+    for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
+    pq = per_query_metrics(np.array([[.5, .9, .5, .5, .5, .1]]), np.array([[0, 0, 0, 0, 1, 0]], bool), ks=(3,))
+    assert pq["top_index"][0].tolist() == [1, 0, 2]
+
+
+def test_bad_inputs_raise():
+    qe, ge, ql, gl, qgi = labelled_problem(5, 4, 6, 3, 2)
+    with pytest.raises(ValueError, match="must share D"):
+        retrieval_metrics_from_embeddings(qe, ge[:, :2], ql, gl)
+    with pytest.raises(ValueError, match="expected 4 query labels"):
+        retrieval_metrics_from_embeddings(qe, ge, ql[:3], gl)
+    with pytest.raises(ValueError, match="query 0: query_gallery_index 6"):
+        retrieval_metrics_from_embeddings(qe, ge, ql, gl, [6, -1, -1, -1])
+    bad = qe.clone()
+    bad[2, 0] = float("nan")
+    with pytest.raises(ValueError, match="query 2: similarity is not finite"):
+        retrieval_metrics_from_embeddings(bad, ge, ql, gl)
+    with pytest.raises(ValueError, match="ks must be distinct"):
+        retrieval_metrics(np.zeros((1, 2)), np.ones((1, 2), bool), ks=(5, 5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_matches_cpu():
+    qe, ge, ql, gl, qgi = labelled_problem(6, 200, 300, 16, 30, integer=True)
+    cpu = retrieval_metrics_from_embeddings(qe, ge, ql, gl, qgi)
+    gpu = retrieval_metrics_from_embeddings(qe.cuda(), ge.cuda(), ql, gl, qgi)
+    assert gpu == cpu
