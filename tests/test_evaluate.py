@@ -1,0 +1,245 @@
+"""The evaluation protocol on a tiny synthetic benchmark: perfect and video-only scores, a unique-video gallery, query
+exclusion, unreachable ground truths, the protocol card, the results files, bootstrap intervals and the figures."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch.nn import functional as F
+
+from tfcovr.core import file_sha256, to_dict
+from tfcovr.evaluate import (MODEL_NAMES, EvaluateConfig, PrototypeModel, bootstrap_ci, build_gallery, evaluate_model,
+                             evaluate_variants, query_features, synthetic_benchmark)
+from tfcovr.metrics import DEFAULT_KS
+from tfcovr.report import ReportConfig, report_figures, write_reports
+
+ROW_KEYS = {"model", "modalities", "fusion", "query_frames", "target_frames", "mAP@5", "mAP@10", "mAP@25", "mAP@50"}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    "30 videos in 6 labels (2 val + 3 test each) over two datasets, prototype embeddings, test triplets."
+    return synthetic_benchmark(seed=0)
+
+
+class NoisyModel(PrototypeModel):
+    "A stand-in that mixes the target prototype with the query video: good, not perfect."
+    def encode_query(self, video_emb, texts):
+        return F.normalize(super().encode_query(video_emb, texts) + 0.7 * F.normalize(video_emb, dim=-1), dim=-1)
+
+
+def _variant(model_dir, fusion="combiner", modalities="video+text", frames=12):
+    return dict(model_dir=None if model_dir is None else str(model_dir), embeddings="emb", query_frames=frames,
+                target_frames=frames, fusion=fusion, modalities=modalities)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    "One folder per stand-in model (their files are hashed into the protocol card)."
+    d = tmp_path_factory.mktemp("models")
+    out = {}
+    for name in ("perfect", "noisy"):
+        (d / name).mkdir(); (d / name / "config.json").write_text(json.dumps({"name": name}))
+        out[name] = d / name
+    return out
+
+
+def _loaders(bench):
+    models = {"perfect": PrototypeModel(bench["prototypes"]), "noisy": NoisyModel(bench["prototypes"])}
+    return dict(load_embeddings=lambda folder: bench["embeddings"], load_model=lambda d, dev: models[Path(d).name])
+
+
+def _all_variants(model_dirs):
+    return {"TF-CoVR-Base": _variant(model_dirs["perfect"]), "1-frame": _variant(model_dirs["noisy"], frames=1),
+            "text-only": _variant(model_dirs["noisy"], "none", "text"), "video-only": _variant(None, "none", "video"),
+            "avg-fusion": _variant(model_dirs["noisy"], "average"), "stage2-only": _variant(model_dirs["noisy"], frames=8)}
+
+
+def test_perfect_model_scores_100_and_video_only_lower(bench, model_dirs):
+    cfg = EvaluateConfig({"TF-CoVR-Base": _variant(model_dirs["perfect"]), "video-only": _variant(None, "none", "video")}, bootstrap=50)
+    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
+    perfect, video = run.rows
+    assert [perfect[f"mAP@{k}"] for k in DEFAULT_KS] == [100.0] * 4
+    assert perfect["R@5"] == 100.0
+    assert all(video[f"mAP@{k}"] < 50 for k in DEFAULT_KS)
+    assert (run.per_query["TF-CoVR-Base"]["AP@10"] == 1).all()
+
+
+def test_gallery_holds_each_video_once_and_ap_never_exceeds_one(bench):
+    videos = pd.concat([bench["videos"], bench["videos"].iloc[:10]], ignore_index=True)   # rows listed twice
+    trip = bench["triplets"]
+    trip2 = pd.concat([trip, trip.assign(query_id=trip.query_id + len(trip))], ignore_index=True)  # every target_video twice
+    g = build_gallery(videos, "test", bench["embeddings"])
+    n_test = int((bench["videos"].split == "test").sum())
+    assert len(g) == len(set(g.ids)) == n_test == 18
+    q = query_features(NoisyModel(bench["prototypes"]), trip2, bench["embeddings"])
+    r = evaluate_model(q, g, trip2)
+    for k in DEFAULT_KS: assert (r["per_query"][f"AP@{k}"] <= 1).all()
+    # a GT counted once: |G_q| is the number of test videos of the target label, never inflated by repeated rows
+    assert (r["per_query"]["n_relevant"] == 3).all()
+    single = evaluate_model(query_features(NoisyModel(bench["prototypes"]), trip, bench["embeddings"]), g, trip)
+    assert single["mAP@10"] == pytest.approx(r["mAP@10"])
+
+
+def test_query_is_excluded_from_its_own_ranking(bench):
+    g = build_gallery(bench["videos"], "test", bench["embeddings"])
+    t = bench["triplets"].head(3).drop(columns="target_videos")
+    t["target_label_id"] = t["query_label_id"]          # the query's own label: its video would rank first
+    r = evaluate_model(query_features(None, t, bench["embeddings"]), g, t, ks=(1, 2))
+    own = g.position(t.query_video)
+    assert not (r["top_index"] == own[:, None]).any()
+    assert (r["per_query"]["n_relevant"] == 2).all()    # 3 videos of the label, minus the query itself
+    assert r["mAP@2"] == 100.0                          # the two other videos of the label fill the top 2
+
+
+def test_query_without_reachable_ground_truth_raises_naming_it(bench):
+    g = build_gallery(bench["videos"], "test", bench["embeddings"])
+    t = bench["triplets"].head(4).drop(columns="target_videos")
+    t.loc[2, "target_label_id"] = "l99"
+    with pytest.raises(ValueError, match=rf"query {t.query_id[2]} \(video '{t.query_video[2]}', target label 'l99'\) has no reachable ground truth"):
+        evaluate_model(query_features(None, t, bench["embeddings"]), g, t)
+    # a label whose only video is the query itself is unreachable too (the query is excluded)
+    v = bench["videos"].copy()
+    v.loc[v.video_id == t.query_video[0], "label_id"] = "solo"
+    t2 = t.head(1).assign(target_label_id="solo")
+    with pytest.raises(ValueError, match=f"query {t2.query_id[0]} .* has no reachable ground truth"):
+        evaluate_model(query_features(None, t2, bench["embeddings"]), build_gallery(v, "test", bench["embeddings"]), t2)
+
+
+def test_protocol_card_fields(bench, model_dirs, tmp_path):
+    files = [tmp_path / "test.parquet", tmp_path / "videos.parquet"]
+    bench["triplets"].to_parquet(files[0]); bench["videos"].to_parquet(files[1])
+    cfg = EvaluateConfig({"TF-CoVR-Base": _variant(model_dirs["perfect"]), "video-only": _variant(None, "none", "video")}, bootstrap=20)
+    p = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=7, dataset_files=files, progress=False, **_loaders(bench)).protocol
+    assert p["split"] == "test" and p["gallery"]["size"] == 18 and "unique" in p["gallery"]["definition"]
+    assert p["queries"] == len(bench["triplets"]) and p["ks"] == [5, 10, 25, 50] and p["seed"] == 7
+    assert "normalis" in p["normalisation"] or "L2" in p["normalisation"]
+    assert "excluded" in p["exclusion"] or "removed" in p["exclusion"]
+    assert p["dataset"]["files"] == {f.name: file_sha256(f) for f in files} and len(p["dataset"]["hash"]) == 16
+    base = p["variants"]["TF-CoVR-Base"]
+    assert base["model_sha256"] == {"config.json": file_sha256(model_dirs["perfect"] / "config.json")}
+    assert p["variants"]["video-only"]["model_sha256"] is None
+    assert {"embedding_key", "embeddings", "encoder_checkpoint_sha256"} <= set(base)
+
+
+def test_results_files_schema_and_names(bench, model_dirs, tmp_path):
+    cfg = EvaluateConfig(_all_variants(model_dirs), bootstrap=30)
+    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
+    out = write_reports(run, tmp_path, cfg.ks)
+    rows = json.loads(out["results_json"].read_text())
+    assert isinstance(rows, list) and [r["model"] for r in rows] == list(MODEL_NAMES)
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        assert all(isinstance(r[f"mAP@{k}"], float) and 0 <= r[f"mAP@{k}"] <= 100 for k in DEFAULT_KS)
+    assert {r["model"]: r["query_frames"] for r in rows}["1-frame"] == 1
+    metrics = json.loads(out["metrics_json"].read_text())
+    assert set(metrics) == set(MODEL_NAMES)
+    assert all(isinstance(v, float) for m in metrics.values() for v in m.values())
+    assert metrics["TF-CoVR-Base"]["mAP@10"] == 100.0 and metrics["video-only"]["mAP@10"] < metrics["avg-fusion"]["mAP@10"]
+    md = out["results_md"].read_text()
+    assert "| Modalities | Model | Fusion | Query frames | Target frames | mAP@5 | mAP@10 | mAP@25 | mAP@50 |" in md
+    assert all(f"| {n} |" in md for n in MODEL_NAMES)
+    bd = json.loads(out["breakdown_json"].read_text())
+    assert list(bd["modification_type"]["TF-CoVR-Base"]) == ["turns", "somersaults", "twists", "position", "event"]
+    assert list(bd["discipline"]["video-only"]) == ["gymnastics", "diving"]
+    pq = pd.read_parquet(out["per_query_parquet"])
+    assert len(pq) == len(MODEL_NAMES) * len(bench["triplets"])
+
+
+def test_bootstrap_interval_contains_estimate_and_follows_the_seed():
+    ap = np.random.default_rng(3).random(150)
+    a = bootstrap_ci(ap, 1000, 0.95, 0, "TF-CoVR-Base", "turns")
+    assert a["lo"] <= a["value"] <= a["hi"] and a["value"] == pytest.approx(100 * ap.mean())
+    assert a == bootstrap_ci(ap, 1000, 0.95, 0, "TF-CoVR-Base", "turns")
+    assert a != bootstrap_ci(ap, 1000, 0.95, 1, "TF-CoVR-Base", "turns")
+    wide = bootstrap_ci(ap, 1000, 0.99, 0, "TF-CoVR-Base", "turns")
+    assert wide["lo"] <= a["lo"] and wide["hi"] >= a["hi"]
+
+
+def test_breakdown_intervals_contain_estimates(bench, model_dirs):
+    cfg = EvaluateConfig(_all_variants(model_dirs), bootstrap=200)
+    bd = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench)).breakdown
+    for by in ("modification_type", "discipline"):
+        for groups in bd[by].values():
+            for c in groups.values(): assert c["lo"] - 1e-9 <= c["value"] <= c["hi"] + 1e-9
+
+
+def test_saved_stage2_model_goes_through_the_default_loader(bench, tmp_path):
+    from tfcovr.stage2 import ComposedModel
+    ComposedModel(16, "video").save_pretrained(tmp_path / "video_model")
+    cfg = EvaluateConfig({"video-only": _variant(None, "none", "video"),
+                          "saved": _variant(tmp_path / "video_model", "none", "video")}, bootstrap=10)
+    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False,
+                            load_embeddings=lambda f: bench["embeddings"])
+    assert run.rows[0]["mAP@10"] == run.rows[1]["mAP@10"]
+    assert set(run.protocol["variants"]["saved"]["model_sha256"]) == {"config.json", "model.safetensors"}
+
+
+def _frame_folders(videos, root):
+    for vid, lab in zip(videos.video_id, videos.label_id):
+        (root / vid).mkdir(parents=True)
+        for t in range(4): Image.fromarray(np.full((32, 32, 3), 40 * int(lab[1:]) + 10 * t, np.uint8)).save(root / vid / f"{t:05d}.jpg")
+
+
+def test_figures_are_written(bench, model_dirs, tmp_path):
+    cfg = EvaluateConfig({"TF-CoVR-Base": _variant(model_dirs["noisy"]), "video-only": _variant(None, "none", "video")}, bootstrap=20)
+    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
+    _frame_folders(bench["videos"], tmp_path / "videos")
+    written = report_figures(ReportConfig(n_queries=2, n_frames=3, frame_size=32, heatmap_queries=8, heatmap_gallery=12), cfg,
+                             bench["videos"], bench["triplets"], run.rows, run.breakdown, tmp_path / "videos", tmp_path / "fig", 0,
+                             progress=False, **_loaders(bench))
+    names = sorted(p.name for p in written)
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == names
+    assert {"results.png", "breakdown_modification_type.png", "breakdown_discipline.png", "similarity.png"} <= set(names)
+    assert sum(n.startswith("query_") for n in names) == 2
+    for p in written: assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+
+
+def _write_cache(folder: Path, emb) -> None:
+    "An embedding cache in the format of tfcovr.embed (INTERFACES.md)."
+    folder.mkdir(parents=True)
+    np.save(folder / "embeddings.npy", emb.emb.astype(np.float32))
+    (folder / "index.json").write_text(json.dumps({"video_ids": emb.ids}))
+    (folder / "meta.json").write_text(json.dumps({"key": "k0", "checkpoint": "none", "checkpoint_sha256": "0" * 64, "model": "aim-tiny",
+                                                  "num_frames": 12, "sampling": "center", "size": 224, "dim": emb.dim,
+                                                  "complete": True, "missing": [], "failed": {}}))
+
+
+def test_evaluate_and_report_stages_run_through_papermill(root, bench, tmp_path):
+    pytest.importorskip("tfcovr.embed")
+    from tfcovr.stage2 import ComposedModel
+    from tfcovr.triplets import EVAL_COLUMNS
+    _write_cache(tmp_path / "emb", bench["embeddings"])
+    ComposedModel(16, "video").save_pretrained(tmp_path / "model")
+    t = bench["triplets"].assign(query_label="q", query_source="s", target_label="t", n_targets=3, split="test")[EVAL_COLUMNS]
+    (tmp_path / "trip").mkdir()
+    t.to_parquet(tmp_path / "trip" / "test.parquet"); bench["videos"].to_parquet(tmp_path / "trip" / "videos.parquet")
+    ev = EvaluateConfig({"TF-CoVR-Base": _variant(tmp_path / "model", "none", "video"), "video-only": _variant(None, "none", "video")},
+                        bootstrap=20)
+    ev.variants = {k: {**to_dict(v), "embeddings": str(tmp_path / "emb")} for k, v in ev.variants.items()}
+    params = {"seed": 0, "evaluate": to_dict(ev), "report": to_dict(ReportConfig(n_queries=1, n_frames=3, frame_size=32))}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _frame_folders(bench["videos"], tmp_path / "videos")
+    rep = tmp_path / "reports"
+    pm = str(Path(sys.executable).parent / "papermill")
+    outs = {k: rep / f"{k.rsplit('_', 1)[0]}.{k.rsplit('_', 1)[1]}" for k in
+            ("results_json", "metrics_json", "results_md", "breakdown_json", "breakdown_md", "protocol_json", "per_query_parquet")}
+    args = [pm, "--no-progress-bar", "nbs/stages/evaluate.ipynb", str(tmp_path / "evaluate.ipynb"), "-p", "params_file", str(tmp_path / "params.yaml"),
+            "-p", "triplets_dir", str(tmp_path / "trip")] + [a for k, v in outs.items() for a in ("-p", k, str(v))]
+    r = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [x["model"] for x in json.loads(outs["results_json"].read_text())] == ["TF-CoVR-Base", "video-only"]
+    assert json.loads(outs["protocol_json"].read_text())["variants"]["TF-CoVR-Base"]["embedding_key"] == "k0"
+    args = [pm, "--no-progress-bar", "nbs/stages/report.ipynb", str(tmp_path / "report.ipynb"), "-p", "params_file", str(tmp_path / "params.yaml"),
+            "-p", "triplets_dir", str(tmp_path / "trip"), "-p", "results_json", str(outs["results_json"]),
+            "-p", "breakdown_json", str(outs["breakdown_json"]), "-p", "figures_dir", str(rep / "figures"),
+            "-p", "video_roots", str(tmp_path / "videos")]
+    r = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (rep / "figures" / "similarity.png").stat().st_size > 1000
