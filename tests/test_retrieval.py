@@ -1,0 +1,101 @@
+"""Gallery index on disk, the composed retriever and the `tfcovr search` command, on a model trained on the synthetic problem."""
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfcovr.fusion import FusionConfig
+from tfcovr.retrieval import ComposedRetriever, GalleryIndex, Hit, format_hits, search_main
+from tfcovr.stage2 import ArrayEmbeddings, Stage2Config, synthetic_problem, train_stage2
+from tfcovr.text import TextConfig
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    "A Stage-2 model trained on the synthetic problem, and a saved gallery of its val videos (labels = label ids)."
+    d = tmp_path_factory.mktemp("retrieval")
+    p = synthetic_problem(0)
+    cfg = Stage2Config(epochs=2, text=TextConfig("minilm", None, True, 16), fusion=FusionConfig("combiner", 64, 0.1),
+                       batch_size=32, lr=3e-3, ks=(1, 5, 10), device="cpu")
+    res = train_stage2(cfg, p["train"], p["val"], p["embeddings"], d / "stage2", seed=0, progress=False)
+    assert res.best["mAP@10"] > 60
+    videos = p["videos"].assign(label=p["videos"].label_id, video_key=lambda v: "clips/" + v.video_id)
+    gallery = GalleryIndex.from_embeddings(p["embeddings"], videos, split="val").save(d / "gallery")
+    return {"problem": p, "model": d / "stage2" / "model", "gallery": gallery, "dir": d}
+
+
+def test_gallery_from_embeddings_save_load(trained, tmp_path):
+    p = trained["problem"]
+    g = GalleryIndex.load(trained["gallery"])
+    assert len(g) == 24 and g.dim == 32 and g.meta["split"] == "val"
+    assert g.ids == [v for v in p["videos"].video_id if v.startswith("val")]
+    assert g.labels[g.position("val3_1")] == "l3" and g.paths[g.position("val3_1")] == "clips/val3_1"
+    np.testing.assert_array_equal(g.features, p["embeddings"].lookup(g.ids))
+    every = GalleryIndex.from_embeddings(p["embeddings"])
+    assert len(every) == len(p["videos"]) and every.labels is None
+    every.save(tmp_path / "g"); every.save(tmp_path / "g")                        # replaced in place
+    assert sorted(f.name for f in (tmp_path / "g").iterdir()) == ["features.npy", "index.json", "meta.json"]
+    assert [f.name for f in tmp_path.iterdir()] == ["g"]                          # no temporary folders left
+    with pytest.raises(KeyError, match="nope"):
+        g.position("nope")
+    with pytest.raises(KeyError):
+        GalleryIndex.from_embeddings(ArrayEmbeddings(["a"], np.ones((1, 32))), p["videos"])
+    (tmp_path / "g" / "features.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="features.npy"):
+        GalleryIndex.load(tmp_path / "g")
+
+
+def test_search_by_gallery_id_embedding_file_and_frames(trained, tmp_path):
+    p = trained["problem"]
+    r = ComposedRetriever(trained["model"], trained["gallery"])
+    hits = r.search("val1_0", "turn it into a leap", k=4)                          # 'leap' is label l4
+    assert [h.label for h in hits] == ["l4"] * 4 and isinstance(hits[0], Hit)
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    own = r.search("val1_0", "turn it into a twist", k=24)                          # the query's own label
+    assert len(own) == 23 and "val1_0" not in [h.video_id for h in own]
+    emb = p["embeddings"].lookup(["val1_0"])[0]
+    assert r.search(emb, "turn it into a leap", k=4) == hits
+    clip = tmp_path / "query.mp4"; clip.write_bytes(b"not decoded here")
+    seen = []
+    def encoder(video):                                                             # any callable video -> [D]
+        seen.append(video)
+        return emb
+    r2 = ComposedRetriever(trained["model"], trained["gallery"], video_encoder=encoder)
+    assert r2.search(clip, "turn it into a leap", k=4) == hits
+    assert r2.search(np.zeros((3, 8, 8, 3), np.uint8), "turn it into a leap", k=4) == hits
+    assert seen[0] == clip and seen[1].shape == (3, 8, 8, 3)
+    with pytest.raises(ValueError, match="video_encoder="):
+        r.search(clip, "turn it into a leap")
+    with pytest.raises(FileNotFoundError, match="neither a file nor a gallery video id"):
+        r.search("no_such_video", "x")
+    with pytest.raises(ValueError, match="size 16"):
+        r.search(np.zeros(16, np.float32), "x")
+
+
+def test_stage1_checkpoint_goes_through_tfcovr_embed(trained, monkeypatch):
+    calls = []
+    fake = types.ModuleType("tfcovr.embed")
+    fake.load_video_encoder = lambda ckpt, device="cpu": calls.append((ckpt, device)) or (lambda v: np.ones(32, np.float32))
+    monkeypatch.setitem(sys.modules, "tfcovr.embed", fake)
+    r = ComposedRetriever(trained["model"], trained["gallery"], video_encoder="models/stage1")
+    assert calls == [("models/stage1", "cpu")] and len(r.search(np.zeros((2, 4, 4, 3), np.uint8), "turn it into a leap", 3)) == 3
+    monkeypatch.setitem(sys.modules, "tfcovr.embed", types.ModuleType("tfcovr.embed"))
+    with pytest.raises(ValueError, match="load_video_encoder"):
+        ComposedRetriever(trained["model"], trained["gallery"], video_encoder="models/stage1")
+
+
+def test_dimension_mismatch_names_three_sizes(trained):
+    with pytest.raises(ValueError, match="checkpoint 32, config 32, embeddings 16"):
+        ComposedRetriever(trained["model"], GalleryIndex(["a", "b"], np.ones((2, 16))))
+
+
+def test_search_command(trained, capsys):
+    rc = search_main(["val1_0", "turn it into a leap", "-k", "3", "--model", str(trained["model"]), "--gallery", str(trained["gallery"])])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and out[0].split() == ["rank", "score", "video_id", "label"] and len(out) == 4
+    assert all(line.split()[3] == "l4" for line in out[1:]) and out[1].split()[0] == "1"
+    rc = search_main(["val1_0", "x", "--model", str(trained["dir"] / "nope"), "--gallery", str(trained["gallery"])])
+    assert rc == 2 and "no config.json" in capsys.readouterr().err
+    assert format_hits([]).split() == ["rank", "score", "video_id", "label"]

@@ -1,0 +1,182 @@
+"""Stage 2 training on the synthetic problem: learning, exact resume, baselines by config, checks and several processes."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tfcovr.core import ParamsError, from_dict, load_params
+from tfcovr.stage2 import (ArrayEmbeddings, ComposedModel, Stage2Config, eval_gallery, evaluate, make_batches,
+                           synthetic_problem, train_stage2)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STAGE2 = dict(epochs=2, query="fusion", text=dict(name="minilm", pretrained_path=None, freeze=True, max_length=16),
+              fusion=dict(name="combiner", hidden_dim=64, dropout=0.1),
+              loss=dict(name="hnnce", temperature=0.07, alpha=1.0, beta=0.5, mask_same_target=True),
+              batch_size=32, lr=3e-3, weight_decay=0.01, warmup_steps=0, warmup_fraction=0.1, unique_targets_per_batch=False,
+              video_dim=None, val_every=1, ks=[1, 5, 10], select="mAP@10", val_gt="label", device="cpu")
+
+
+def config(**over) -> Stage2Config:
+    d = {**STAGE2, **over}
+    for k in ("text", "fusion", "loss"): d[k] = {**STAGE2[k], **over.get(k, {})}
+    return from_dict(Stage2Config, d, "stage2")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return synthetic_problem(0)
+
+
+@pytest.fixture(scope="module")
+def video_only(problem):
+    return evaluate(ComposedModel(32, "video"), problem["val"], problem["embeddings"], eval_gallery(problem["val"]), (1, 5, 10))
+
+
+def test_params_section_loads_and_epochs_is_required(tmp_path):
+    import yaml
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"seed": 3, "data": {"source": "synth"}, "stage2": STAGE2}))
+    ps = load_params(p, {"seed": int, "stage2": Stage2Config}, strict=False)
+    assert ps["seed"] == 3 and ps["stage2"] == config()
+    p.write_text(yaml.safe_dump({"seed": 3, "stage2": {k: v for k, v in STAGE2.items() if k != "epochs"}}))
+    with pytest.raises(ParamsError, match="stage2.epochs: missing key"):
+        load_params(p, {"seed": int, "stage2": Stage2Config}, strict=False)
+
+
+def test_unique_target_batches_on_skewed_labels():
+    g = np.random.default_rng(1)
+    labels = g.choice(list("abcdefghij"), size=500, p=[0.3] + [0.7 / 9] * 9)
+    bs = make_batches(len(labels), 64, g, labels)
+    assert sorted(np.concatenate(bs).tolist()) == list(range(500))
+    assert all(len(set(labels[b])) == len(b) for b in bs)
+    assert max(len(b) for b in bs) <= 64
+    plain = make_batches(500, 64, np.random.default_rng(1))
+    assert [len(b) for b in plain] == [64] * 7 + [52]
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(fusion=dict(name="average")), dict(query="text")])
+def test_training_beats_video_only(problem, video_only, tmp_path, variant):
+    "TF-CoVR-Base (combiner), the averaging ablation and the text-only baseline, all by configuration."
+    res = train_stage2(config(**variant), problem["train"], problem["val"], problem["embeddings"], tmp_path, seed=0, progress=False)
+    assert res.best["mAP@10"] > video_only["mAP@10"] + 30, (variant, res.best, video_only)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["mAP@10"] == res.best["mAP@10"] and metrics["best_epoch"] == res.best["epoch"]
+    hist = pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    assert hist["epoch"].tolist() == [1, 2] and hist["loss"].iloc[-1] < hist["loss"].iloc[0]
+    assert json.loads((tmp_path / "history.json").read_text())[-1]["epoch"] == 2
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]           # atomic writes leave nothing behind
+
+
+def test_video_only_is_a_config_and_trains_nothing(problem, video_only, tmp_path):
+    res = train_stage2(config(query="video"), problem["train"], problem["val"], problem["embeddings"], tmp_path, seed=0, progress=False)
+    assert res.history == [] and res.best == {"epoch": 0, **video_only}
+    m = ComposedModel.from_pretrained(tmp_path / "model")
+    assert m.query_mode == "video" and not list(m.parameters())
+
+
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {f: (folder / f).read_bytes() for f in ("model.safetensors", "optimizer.pt")}
+
+
+@pytest.mark.parametrize("over", [
+    dict(text=dict(name="bert-tiny", freeze=True), batch_size=8),                           # frozen text, cached features
+    dict(text=dict(name="bert-tiny", freeze=False), unique_targets_per_batch=True, batch_size=8,
+         loss=dict(name="infonce", alpha=1.0, beta=0.0, mask_same_target=False)),        # trainable text encoder
+])
+def test_resume_gives_identical_weights(tmp_path, over):
+    p = synthetic_problem(1, n_labels=3, per_label=(3, 2))
+    cfg = config(**over)
+    args = (p["train"], p["val"], p["embeddings"])
+    straight = train_stage2(cfg, *args, tmp_path / "a", seed=5, progress=False)
+    first = train_stage2(cfg, *args, tmp_path / "b", seed=5, stop_after=1, progress=False)
+    assert [r["epoch"] for r in first.history] == [1] and not (tmp_path / "b" / "metrics.json").exists()
+    resumed = train_stage2(cfg, *args, tmp_path / "b", seed=5, progress=False)
+    assert resumed.history == straight.history
+    assert _bytes(tmp_path / "a" / "last") == _bytes(tmp_path / "b" / "last")
+    assert (tmp_path / "a" / "model" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
+    if not cfg.text.freeze: return
+    other = train_stage2(cfg, *args, tmp_path / "c", seed=6, progress=False)       # and the seed matters
+    assert (tmp_path / "c" / "last" / "model.safetensors").read_bytes() != (tmp_path / "a" / "last" / "model.safetensors").read_bytes()
+    assert other.history != straight.history
+
+
+def test_start_up_checks(problem, tmp_path):
+    cfg = config(epochs=1)
+    train_stage2(cfg, problem["train"], problem["val"], problem["embeddings"], tmp_path, seed=0, progress=False)
+    small = ArrayEmbeddings(problem["embeddings"].ids, problem["embeddings"].emb[:, :16])
+    with pytest.raises(ValueError, match=r"checkpoint 32, config \?, embeddings 16"):
+        train_stage2(cfg, problem["train"], problem["val"], small, tmp_path, seed=0, progress=False)
+    with pytest.raises(ValueError, match="resume=False"):
+        train_stage2(cfg, problem["train"].iloc[:-1], problem["val"], problem["embeddings"], tmp_path, seed=0, progress=False)
+    keep = [i for i in problem["embeddings"].ids if i != "train3_1"]
+    partial = ArrayEmbeddings(keep, problem["embeddings"].lookup(keep))
+    with pytest.raises(KeyError, match="train3_1"):
+        train_stage2(cfg, problem["train"], problem["val"], partial, tmp_path / "p", seed=0, progress=False)
+    with pytest.raises(ValueError, match="missing columns"):
+        train_stage2(cfg, problem["train"].drop(columns="modification"), problem["val"], problem["embeddings"], tmp_path / "q", seed=0)
+    w = tmp_path / "model" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(w)); sd["fusion.out.weight"] = sd["fusion.out.weight"][:, :10].contiguous(); save_file(sd, str(w))
+    with pytest.raises(ValueError, match="do not fit"):
+        ComposedModel.from_pretrained(tmp_path / "model")
+
+
+def test_list_ground_truth_and_unreachable_targets(problem):
+    val = problem["val"].copy()
+    model, gal = ComposedModel(32, "video"), eval_gallery(problem["val"])
+    val["target_videos"] = [v[:1] for v in val["target_videos"]]                  # fewer GTs than the label has
+    by_list = evaluate(model, val, problem["embeddings"], gal, (1, 5, 10), gt="list")
+    by_label = evaluate(model, val, problem["embeddings"], gal, (1, 5, 10), gt="label")
+    assert by_list != by_label
+    tv = list(val["target_videos"]); tv[0] = ["not_a_gallery_video"]; val["target_videos"] = tv
+    with pytest.raises(ValueError, match="not_a_gallery_video"):
+        evaluate(model, val, problem["embeddings"], gal, (1, 5, 10), gt="list")
+    gal_missing_label = gal[gal.label_id != "l1"]
+    with pytest.raises(ValueError, match="no relevant"):
+        evaluate(model, problem["val"], problem["embeddings"], gal_missing_label, (1, 5, 10))
+
+
+DDP_SCRIPT = """
+import json, os, sys, torch
+sys.path.insert(0, {tests!r})
+from test_stage2 import config
+from tfcovr.stage2 import synthetic_problem, train_stage2
+torch.set_num_threads(1)
+p = synthetic_problem(2, n_labels=4, per_label=(4, 2))
+cfg = config(text=dict(name="bert-tiny", freeze=True), batch_size=8, loss=dict(mask_same_target=True))
+res = train_stage2(cfg, p["train"], p["val"], p["embeddings"], {out!r}, seed=0, progress=False)
+w = torch.cat([t.flatten() for t in res.model.state_dict().values()])
+json.dump({{"rank": int(os.environ["RANK"]), "sum": float(w.double().sum()), "steps": res.history[-1]["step"]}},
+          open(os.path.join({out!r}, "rank%s.json" % os.environ["RANK"]), "w"))
+"""
+
+
+def test_two_processes_with_torchrun(tmp_path):
+    "Two gloo processes: each runs half of the batches, gradients are averaged, both end on the same weights."
+    script = tmp_path / "ddp.py"
+    out = tmp_path / "out"
+    script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    t = time.time()
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0]["sum"] == ranks[1]["sum"]
+    single = synthetic_problem(2, n_labels=4, per_label=(4, 2))
+    n_batches = len(make_batches(len(single["train"]), 8, np.random.default_rng(0)))
+    assert ranks[0]["steps"] == 2 * (n_batches // 2)                     # each process ran half of every epoch
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] in (1, 2)
+    print(f"torchrun with 2 processes: {time.time() - t:.1f} s")
