@@ -1,23 +1,16 @@
-"""Modification texts: rule phrasing, the chat-endpoint client against a local server, cache replay, the pair table."""
-import contextlib
-import dataclasses
-import http.server
-import json
-import logging
-import re
-import socket
-import threading
-import time
-from pathlib import Path
-
+"""Modification texts of a pair table: the modify config, the generator it names, the table, the names re-exported."""
 import pandas as pd
 import pytest
 
+import tfcovr.llm
 import tfcovr.modify as M
+import tfcovr.rules
 from tfcovr.attributes import parse_label
 from tfcovr.core import ParamsError, from_dict, to_dict
+from tfcovr.llm import PromptExample
 
-KEY_ENV, KEY = "TFCOVR_TEST_LLM_KEY", "sk-test-4f2b9c0d1e"
+
+KEY = "sk-test-4f2b9c0d1e"  # a key-like value that must never be echoed
 VT = "(VT) round-off, flic-flac with 0.5 turn on, stretched salto forward with {} turn off"
 PAIRS = [(1, 3, VT.format("0.5"), VT.format("2")),
          (1, 2, VT.format("0.5"), VT.format("1")),
@@ -25,149 +18,8 @@ PAIRS = [(1, 3, VT.format("0.5"), VT.format("2")),
          (40, 41, "(FX) switch leap with 0.5 turn", "(FX) switch leap with 1 turn")]
 
 
-def _gen(gen, pairs=PAIRS):
-    return [gen.generate(q, t, parse_label(q), parse_label(t), qi, ti) for qi, ti, q, t in pairs]
-
-
 def _table(pairs=PAIRS):
     return pd.DataFrame(pairs, columns=["query_label_id", "target_label_id", "query_label", "target_label"])
-
-
-# ---------------------------------------------------------------- a scripted chat-completions server
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        srv.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        status, content, delay = srv.script.pop(0) if srv.script else (200, "show it again", 0)
-        if delay: time.sleep(delay)
-        if content.startswith("RAW:"): out = content[4:].encode()
-        else: out = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        try:
-            self.send_response(status); self.send_header("Content-Length", str(len(out))); self.end_headers()
-            self.wfile.write(out)
-        except OSError: pass
-
-    def log_message(self, *a): pass
-
-
-class _Server(http.server.HTTPServer):
-    def handle_error(self, *a): pass
-
-
-@contextlib.contextmanager
-def serve(script=()):
-    "A chat endpoint on 127.0.0.1 answering (status, content, delay_s) in order; yields (base_url, server)."
-    srv = _Server(("127.0.0.1", 0), _Handler)
-    srv.script, srv.requests = list(script), []
-    th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    th.start()
-    try: yield f"http://127.0.0.1:{srv.server_address[1]}/v1", srv
-    finally:
-        srv.shutdown(); srv.server_close(); th.join(5)
-
-
-def closed_url() -> str:
-    "A URL on a local port nobody listens on."
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-    return f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
-    return KEY
-
-
-def cfg_for(url, tmp_path, **kw):
-    return M.LLMConfig(**{**dict(base_url=url, model="test-model", api_key_env=KEY_ENV, max_retries=2, backoff_s=0.001,
-                                 timeout_s=5.0, give_up_after=0, max_words=12, cache_path=tmp_path / "cache.jsonl"), **kw})
-
-
-# ---------------------------------------------------------------- rules
-def test_rule_paper_example_and_types():
-    m = M.RuleModifier(0).generate(VT.format("0.5"), VT.format("2"), parse_label(VT.format("0.5")), parse_label(VT.format("2")), 1, 3)
-    assert m.type == "turns" and m.source == "rule"
-    assert re.search(r"\b2\b", m.text) and "turn" in m.text
-    cases = [("(FX) salto backward stretched with 1 twist", "(FX) salto backward stretched with 2 twist", "turns"),
-             ("Back, 1.5 Twists, 2.5 Soms.Pike, Entry", "Back, 2.5 Twists, 2.5 Soms.Pike, Entry", "twists"),
-             ("Forward, 2.5 Soms.Pike, Entry", "Forward, 3.5 Soms.Pike, Entry", "somersaults"),
-             ("(UB) giant circle forward to handstand", "(UB) giant circle backward to handstand", "direction"),
-             ("(FX) split leap with 1 turn", "(FX) split jump with 1 turn", "element"),
-             ("(BB) split jump with 0.5 turn", "(BB) split jump with 0.5 turn in side position", "other"),
-             ("(FX) salto forward tucked", "(FX) salto forward piked", "position"),
-             ("(BB) split jump with 1 turn", "(FX) split jump with 1 turn", "event"),
-             ("(UB) giant circle backward with 0.5 turn to handstand", "(UB) giant circle forward with 1 turn to handstand", "multiple")]
-    for q, t, ty in cases:
-        assert M.RuleModifier(0).generate(q, t, parse_label(q), parse_label(t), q, t).type == ty
-
-
-def test_rule_is_seeded_per_pair_and_varied():
-    a = _gen(M.RuleModifier(7))
-    b = _gen(M.RuleModifier(7), PAIRS[::-1])[::-1]
-    assert a == b                                   # order of visits does not matter
-    q, t = VT.format("0.5"), VT.format("2")
-    texts = {M.RuleModifier(7).generate(q, t, parse_label(q), parse_label(t), 1, j).text for j in range(60)}
-    assert len(texts) >= 5                          # several phrasings
-    other_seed = {M.RuleModifier(s).generate(q, t, parse_label(q), parse_label(t), 1, 3).text for s in range(30)}
-    assert len(other_seed) >= 3
-
-
-def test_rule_wording_digits_events_and_combinations():
-    q, t = "(BB) split jump", "(FX) split jump with 1.5 turn"
-    texts = {M.RuleModifier(0).generate(q, t, parse_label(q), parse_label(t), 0, j).text for j in range(40)}
-    for x in texts:
-        assert "floor exercise" in x and "1.5" in x, x  # both changes in one sentence, event spelled out, digits kept
-        assert not re.search(r"\b(FX|BB)\b", x)
-    d1, d2 = "Forward, 2.5 Soms.Pike, Entry", "Forward, 3.5 Soms.Tuck, Entry"
-    m = M.RuleModifier(0).generate(d1, d2, parse_label(d1), parse_label(d2), "105b", "107c")
-    assert m.type == "multiple" and "3.5" in m.text and "tuck" in m.text, m
-
-
-def test_rule_identical_labels_raise():
-    q = "(FX) stag jump"
-    with pytest.raises(ValueError, match="do not differ"):
-        M.RuleModifier(0).generate(q, q, parse_label(q), parse_label(q), 5, 6)
-
-
-def test_rule_on_real_gym288_pairs(shared_data):
-    labels = {}
-    for line in (shared_data / "finegym" / "gym288_categories.txt").read_text().splitlines():
-        m = re.match(r"Clabel:\s*(\d+);.*?;\s*Glabel:\s*\d+;\s*(.*)", line)
-        if m: labels[int(m.group(1))] = m.group(2).strip()
-    assert len(labels) == 288
-    ids = sorted(labels)
-    pairs = [(i, j, labels[i], labels[j]) for i in ids for j in ids
-             if i != j and labels[i][:4] == labels[j][:4] and labels[i] != labels[j]
-             and len(set(labels[i].split()) ^ set(labels[j].split())) <= 2]
-    assert len(pairs) > 100
-    out = M.generate_modifications(_table(pairs), None, M.ModifyConfig(), seed=0, progress=False)
-    assert len(out) == len(pairs)
-    assert out.modification.str.len().min() > 3
-    assert set(out.modification_type) <= set(M.MOD_TYPES)
-    assert not out.modification.str.contains(r"\((?:VT|FX|BB|UB)\)").any()
-    assert out.modification.str.split().str.len().max() <= 20
-    assert not out.modification.str.contains(r"\b(?:a|an) (?:or|and)\b|\bshow without\b").any()
-    assert out.modification.nunique() > 50
-
-
-def test_rule_on_real_finediving_pairs(shared_data):
-    from tfcovr.attributes import diff_attributes
-    from tfcovr.labels import load_finediving
-    clips = load_finediving(shared_data / "finediving")
-    labels = clips.drop_duplicates("label_id").set_index("label_id")["label"].to_dict()
-    assert len(labels) >= 40
-    ids = sorted(labels)
-    attrs = {i: parse_label(labels[i], "finediving") for i in ids}
-    pairs = [(i, j, labels[i], labels[j]) for i in ids for j in ids
-             if i != j and 1 <= len(diff_attributes(attrs[i], attrs[j])) <= 2]
-    assert len(pairs) > 100
-    table = _table(pairs).assign(dataset="finediving")
-    out = M.generate_modifications(table, attrs, M.ModifyConfig(), seed=0, progress=False)
-    assert set(out.modification_type) >= {"somersaults", "twists", "position", "direction"}
-    assert not out.modification.str.contains("Soms|Entry").any()     # phrased, not copied
-    som = out[out.modification_type == "somersaults"].modification
-    assert som.str.contains(r"\d").all() and som.str.contains("somersault").all()
 
 
 # ---------------------------------------------------------------- config
@@ -175,7 +27,7 @@ def test_config_roundtrip_and_validation():
     raw = to_dict(M.ModifyConfig())
     assert from_dict(M.ModifyConfig, raw, "modify") == M.ModifyConfig()
     raw["llm"]["examples"] = [{"query": "a", "target": "b", "modification": "c"}]
-    assert from_dict(M.ModifyConfig, raw, "modify").llm.examples == [M.PromptExample("a", "b", "c")]
+    assert from_dict(M.ModifyConfig, raw, "modify").llm.examples == [PromptExample("a", "b", "c")]
     for k, v, msg in [("max_retries", -1, "max_retries"), ("timeout_s", 0, "timeout_s"), ("base_url", "ftp://x", "base_url"),
                       ("examples", [], "examples")]:
         bad = to_dict(M.ModifyConfig()); bad["llm"][k] = v
@@ -183,136 +35,6 @@ def test_config_roundtrip_and_validation():
     bad = to_dict(M.ModifyConfig()); bad["llm"]["api_key_env"] = KEY
     with pytest.raises(ParamsError) as e: from_dict(M.ModifyConfig, bad, "modify")
     assert KEY not in str(e.value) and "NAME" in str(e.value)
-
-
-# ---------------------------------------------------------------- the language-model generator
-def test_llm_answers_headers_and_request(tmp_path, key):
-    with serve([(200, "show with 2 turns", 0), (200, "  'make it 1 turn.'  ", 0)]) as (url, srv):
-        gen = M.LLMModifier(cfg_for(url, tmp_path), seed=0)
-        out = _gen(gen, PAIRS[:2])
-    assert [m.text for m in out] == ["show with 2 turns", "make it 1 turn"]
-    assert [m.source for m in out] == ["llm", "llm"] and out[0].type == "turns"
-    assert gen.stats["llm"] == 2 and gen.stats["fallback"] == 0
-    r = srv.requests[0]
-    assert r["path"] == "/v1/chat/completions" and r["auth"] == f"Bearer {KEY}"
-    assert set(r["body"]) == {"model", "messages", "temperature"} and r["body"]["temperature"] == 0
-    assert r["body"]["model"] == "test-model" and r["body"]["messages"][0]["role"] == "system"
-    assert r["body"]["messages"][-1]["content"] == f"Query: {PAIRS[0][2]}\nTarget: {PAIRS[0][3]}"
-
-
-def test_llm_retry_with_backoff(tmp_path, key, monkeypatch):
-    delays = []
-    monkeypatch.setattr(M.time, "sleep", delays.append)
-    with serve([(500, "", 0), (429, "", 0), (200, "show with 2 turns", 0)]) as (url, srv):
-        gen = M.LLMModifier(cfg_for(url, tmp_path, backoff_s=0.5), seed=0)
-        m = _gen(gen, PAIRS[:1])[0]
-    assert m.text == "show with 2 turns" and m.source == "llm"
-    assert delays == [0.5, 1.0] and gen.stats["retries"] == 2 and len(srv.requests) == 3
-
-
-def test_llm_gives_up_after_retries_and_no_retry_on_400(tmp_path, key):
-    with serve([(503, "", 0)] * 3 + [(400, "", 0)]) as (url, srv):
-        gen = M.LLMModifier(cfg_for(url, tmp_path), seed=0)
-        out = _gen(gen, PAIRS[:2])
-    assert [m.source for m in out] == ["rule", "rule"]
-    assert out == _gen(M.RuleModifier(0), PAIRS[:2])  # the fallback is the seeded rule text
-    assert dict(gen.stats["failures"]) == {"http_503": 1, "http_400": 1}
-    assert len(srv.requests) == 4 and gen.stats["fallback"] == 2
-
-
-@pytest.mark.parametrize("answer,reason", [("", "empty"), ("show with\n2 turns", "multiline"),
-                                           ('show "2 turns"', "quotes"), ("word " * 13, "too_long"),
-                                           ("stretched salto forward with 2 turn off", "copies_label"),
-                                           ("RAW:not json", "bad_response"), ("RAW:{\"choices\": []}", "bad_response")])
-def test_llm_invalid_answer_falls_back(tmp_path, key, answer, reason):
-    with serve([(200, answer, 0)]) as (url, srv):
-        gen = M.LLMModifier(cfg_for(url, tmp_path), seed=0)
-        m = _gen(gen, PAIRS[:1])[0]
-    assert m == _gen(M.RuleModifier(0), PAIRS[:1])[0]
-    assert dict(gen.stats["failures"]) == {reason: 1} and gen.stats["fallback"] == 1
-    assert len(srv.requests) == 1                   # an invalid answer is not asked again
-
-
-def test_llm_unreachable_and_timeout_fall_back(tmp_path, key):
-    gen = M.LLMModifier(cfg_for(closed_url(), tmp_path, give_up_after=2), seed=0)
-    out = _gen(gen)
-    assert out == _gen(M.RuleModifier(0))
-    assert gen.stats["failures"] == {"unreachable": 2, "gave_up": 2}
-    assert gen.stats["retries"] == 4               # 2 pairs x 2 retries, then no more calls
-    with serve([(200, "show with 2 turns", 0.3)]) as (url, srv):
-        gen = M.LLMModifier(cfg_for(url, tmp_path, timeout_s=0.05, max_retries=0), seed=0)
-        m = _gen(gen, PAIRS[:1])[0]
-    assert m.source == "rule" and dict(gen.stats["failures"]) == {"timeout": 1}
-
-
-def test_llm_cache_replay_offline_is_identical(tmp_path, key, caplog, monkeypatch):
-    caplog.set_level(logging.DEBUG)
-    script = [(200, "show with 2 turns", 0), (500, "", 0), (200, "make it 1 turn", 0),
-              (200, "stretched salto forward with 1.5 turn off", 0), (200, "show with 1 turn", 0)]
-    cfg = M.ModifyConfig(generator="llm", llm=cfg_for("http://unused", tmp_path))
-    with serve(script) as (url, srv):
-        cfg.llm.base_url = url
-        first = M.generate_modifications(_table(), None, cfg, seed=3, progress=False)
-    assert list(first.source) == ["llm", "llm", "rule", "llm"]
-    assert first.attrs["modify_stats"]["failures"] == {"copies_label": 1}
-    assert {r["auth"] for r in srv.requests} == {f"Bearer {KEY}"}   # the key was sent ...
-    cache = (tmp_path / "cache.jsonl").read_text()
-    assert len(cache.splitlines()) == 4 and KEY not in cache         # ... and never written
-    recs = [json.loads(l) for l in cache.splitlines()]
-    assert [r["key"] for r in recs] == sorted(r["key"] for r in recs)
-    assert all(set(r) == {"key", "model", "prompt_version", "query", "target", "answer"} for r in recs)
-    # the server is gone: the cache alone gives the same table, bit for bit
-    replay = M.generate_modifications(_table(), None, cfg, seed=3, progress=False)
-    pd.testing.assert_frame_equal(replay, first)
-    assert replay.attrs["modify_stats"]["cache"] == 3 and replay.attrs["modify_stats"]["llm"] == 0
-    assert (tmp_path / "cache.jsonl").read_text() == cache             # nothing new to write
-    # also without the key in the environment
-    monkeypatch.delenv(KEY_ENV)
-    again = M.generate_modifications(_table(), None, cfg, seed=3, progress=False)
-    pd.testing.assert_frame_equal(again, first)
-    assert KEY not in caplog.text
-
-
-def test_llm_without_key_uses_cache_only(tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    with serve([(200, "show with 2 turns", 0)]) as (url, srv):
-        gen = M.LLMModifier(cfg_for(url, tmp_path), seed=0)
-        out = _gen(gen, PAIRS[:2])
-    assert srv.requests == [] and [m.source for m in out] == ["rule", "rule"]
-    assert dict(gen.stats["failures"]) == {"no_api_key": 2}
-    assert KEY_ENV in caplog.text                   # the variable's name is reported, once
-
-
-def test_llm_bad_key_is_never_echoed(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv(KEY_ENV, "sk-bad\nkey-77")
-    with serve([(200, "show with 2 turns", 0)]) as (url, srv):
-        gen = M.LLMModifier(cfg_for(url, tmp_path), seed=0)
-        m = _gen(gen, PAIRS[:1])[0]
-    assert srv.requests == [] and m.source == "rule" and dict(gen.stats["failures"]) == {"bad_api_key": 1}
-    assert "sk-bad" not in caplog.text and "key-77" not in caplog.text
-    monkeypatch.setenv(KEY_ENV, f"  {KEY}\n")                         # surrounding whitespace is tolerated
-    with serve([(200, "show with 2 turns", 0)]) as (url, srv):
-        assert _gen(M.LLMModifier(cfg_for(url, tmp_path / "b"), seed=0), PAIRS[:1])[0].source == "llm"
-    assert srv.requests[0]["auth"] == f"Bearer {KEY}"
-
-
-def test_llm_no_auth_header_when_no_key_env(tmp_path):
-    with serve([(200, "show with 2 turns", 0)]) as (url, srv):
-        m = _gen(M.LLMModifier(cfg_for(url, tmp_path, api_key_env=None, cache_path=None), seed=0), PAIRS[:1])[0]
-    assert m.source == "llm" and srv.requests[0]["auth"] is None
-
-
-def test_cache_key_depends_on_model_and_prompt(tmp_path, key):
-    with serve([(200, "show with 2 turns", 0), (200, "make it 2 turns", 0)]) as (url, srv):
-        a = _gen(M.LLMModifier(cfg_for(url, tmp_path), seed=0), PAIRS[:1])[0]
-        b = _gen(M.LLMModifier(cfg_for(url, tmp_path, model="other"), seed=0), PAIRS[:1])[0]
-    assert (a.text, b.text) == ("show with 2 turns", "make it 2 turns") and len(srv.requests) == 2
-
-
-def test_cache_bad_line_names_file_and_line(tmp_path):
-    p = tmp_path / "c.jsonl"
-    p.write_text('{"key": "k", "answer": "a"}\n{"key": 3}\n')
-    with pytest.raises(ValueError, match=r"c.jsonl:2"): M.LLMCache(p)
 
 
 # ---------------------------------------------------------------- the pair table
@@ -325,3 +47,11 @@ def test_generate_modifications_table():
     pd.testing.assert_frame_equal(same, out)
     with pytest.raises(ValueError, match="target_label"):
         M.generate_modifications(_table().drop(columns="target_label"), None, M.ModifyConfig(), 0)
+
+
+def test_make_modifier_and_reexported_names():
+    assert type(M.make_modifier(M.ModifyConfig(), 0)) is tfcovr.rules.RuleModifier
+    llm = M.make_modifier(M.ModifyConfig(generator="llm", llm=tfcovr.llm.LLMConfig(cache_path=None)), 0)
+    assert type(llm) is tfcovr.llm.LLMModifier
+    assert M.MOD_TYPES is tfcovr.rules.MOD_TYPES       # the evaluator imports the types from tfcovr.modify
+    assert M.RuleModifier is tfcovr.rules.RuleModifier and M.LLMConfig is tfcovr.llm.LLMConfig

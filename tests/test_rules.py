@@ -1,0 +1,110 @@
+"""Rule modification texts: types, seeded phrasing, wording, and the rules over real FineGym / FineDiving label pairs."""
+import re
+
+import pandas as pd
+import pytest
+
+import tfcovr.rules as R
+from tfcovr.attributes import parse_label
+from tfcovr.modify import ModifyConfig, generate_modifications
+
+
+VT = "(VT) round-off, flic-flac with 0.5 turn on, stretched salto forward with {} turn off"
+PAIRS = [(1, 3, VT.format("0.5"), VT.format("2")),
+         (1, 2, VT.format("0.5"), VT.format("1")),
+         (1, 0, VT.format("0.5"), VT.format("1.5")),
+         (40, 41, "(FX) switch leap with 0.5 turn", "(FX) switch leap with 1 turn")]
+
+
+def _gen(gen, pairs=PAIRS):
+    return [gen.generate(q, t, parse_label(q), parse_label(t), qi, ti) for qi, ti, q, t in pairs]
+
+
+def _table(pairs=PAIRS):
+    return pd.DataFrame(pairs, columns=["query_label_id", "target_label_id", "query_label", "target_label"])
+
+
+# ---------------------------------------------------------------- rules
+def test_rule_paper_example_and_types():
+    m = R.RuleModifier(0).generate(VT.format("0.5"), VT.format("2"), parse_label(VT.format("0.5")), parse_label(VT.format("2")), 1, 3)
+    assert m.type == "turns" and m.source == "rule"
+    assert re.search(r"\b2\b", m.text) and "turn" in m.text
+    cases = [("(FX) salto backward stretched with 1 twist", "(FX) salto backward stretched with 2 twist", "turns"),
+             ("Back, 1.5 Twists, 2.5 Soms.Pike, Entry", "Back, 2.5 Twists, 2.5 Soms.Pike, Entry", "twists"),
+             ("Forward, 2.5 Soms.Pike, Entry", "Forward, 3.5 Soms.Pike, Entry", "somersaults"),
+             ("(UB) giant circle forward to handstand", "(UB) giant circle backward to handstand", "direction"),
+             ("(FX) split leap with 1 turn", "(FX) split jump with 1 turn", "element"),
+             ("(BB) split jump with 0.5 turn", "(BB) split jump with 0.5 turn in side position", "other"),
+             ("(FX) salto forward tucked", "(FX) salto forward piked", "position"),
+             ("(BB) split jump with 1 turn", "(FX) split jump with 1 turn", "event"),
+             ("(UB) giant circle backward with 0.5 turn to handstand", "(UB) giant circle forward with 1 turn to handstand", "multiple")]
+    for q, t, ty in cases:
+        assert R.RuleModifier(0).generate(q, t, parse_label(q), parse_label(t), q, t).type == ty
+
+
+def test_rule_is_seeded_per_pair_and_varied():
+    a = _gen(R.RuleModifier(7))
+    b = _gen(R.RuleModifier(7), PAIRS[::-1])[::-1]
+    assert a == b                                   # order of visits does not matter
+    q, t = VT.format("0.5"), VT.format("2")
+    texts = {R.RuleModifier(7).generate(q, t, parse_label(q), parse_label(t), 1, j).text for j in range(60)}
+    assert len(texts) >= 5                          # several phrasings
+    other_seed = {R.RuleModifier(s).generate(q, t, parse_label(q), parse_label(t), 1, 3).text for s in range(30)}
+    assert len(other_seed) >= 3
+
+
+def test_rule_wording_digits_events_and_combinations():
+    q, t = "(BB) split jump", "(FX) split jump with 1.5 turn"
+    texts = {R.RuleModifier(0).generate(q, t, parse_label(q), parse_label(t), 0, j).text for j in range(40)}
+    for x in texts:
+        assert "floor exercise" in x and "1.5" in x, x  # both changes in one sentence, event spelled out, digits kept
+        assert not re.search(r"\b(FX|BB)\b", x)
+    d1, d2 = "Forward, 2.5 Soms.Pike, Entry", "Forward, 3.5 Soms.Tuck, Entry"
+    m = R.RuleModifier(0).generate(d1, d2, parse_label(d1), parse_label(d2), "105b", "107c")
+    assert m.type == "multiple" and "3.5" in m.text and "tuck" in m.text, m
+
+
+def test_rule_identical_labels_raise():
+    q = "(FX) stag jump"
+    with pytest.raises(ValueError, match="do not differ"):
+        R.RuleModifier(0).generate(q, q, parse_label(q), parse_label(q), 5, 6)
+
+
+def test_rule_on_real_gym288_pairs(shared_data):
+    labels = {}
+    for line in (shared_data / "finegym" / "gym288_categories.txt").read_text().splitlines():
+        m = re.match(r"Clabel:\s*(\d+);.*?;\s*Glabel:\s*\d+;\s*(.*)", line)
+        if m: labels[int(m.group(1))] = m.group(2).strip()
+    assert len(labels) == 288
+    ids = sorted(labels)
+    pairs = [(i, j, labels[i], labels[j]) for i in ids for j in ids
+             if i != j and labels[i][:4] == labels[j][:4] and labels[i] != labels[j]
+             and len(set(labels[i].split()) ^ set(labels[j].split())) <= 2]
+    assert len(pairs) > 100
+    out = generate_modifications(_table(pairs), None, ModifyConfig(), seed=0, progress=False)
+    assert len(out) == len(pairs)
+    assert out.modification.str.len().min() > 3
+    assert set(out.modification_type) <= set(R.MOD_TYPES)
+    assert not out.modification.str.contains(r"\((?:VT|FX|BB|UB)\)").any()
+    assert out.modification.str.split().str.len().max() <= 20
+    assert not out.modification.str.contains(r"\b(?:a|an) (?:or|and)\b|\bshow without\b").any()
+    assert out.modification.nunique() > 50
+
+
+def test_rule_on_real_finediving_pairs(shared_data):
+    from tfcovr.attributes import diff_attributes
+    from tfcovr.labels import load_finediving
+    clips = load_finediving(shared_data / "finediving")
+    labels = clips.drop_duplicates("label_id").set_index("label_id")["label"].to_dict()
+    assert len(labels) >= 40
+    ids = sorted(labels)
+    attrs = {i: parse_label(labels[i], "finediving") for i in ids}
+    pairs = [(i, j, labels[i], labels[j]) for i in ids for j in ids
+             if i != j and 1 <= len(diff_attributes(attrs[i], attrs[j])) <= 2]
+    assert len(pairs) > 100
+    table = _table(pairs).assign(dataset="finediving")
+    out = generate_modifications(table, attrs, ModifyConfig(), seed=0, progress=False)
+    assert set(out.modification_type) >= {"somersaults", "twists", "position", "direction"}
+    assert not out.modification.str.contains("Soms|Entry").any()     # phrased, not copied
+    som = out[out.modification_type == "somersaults"].modification
+    assert som.str.contains(r"\d").all() and som.str.contains("somersault").all()
