@@ -1,0 +1,100 @@
+"""The composed model: every variant saves and loads to the same outputs; sizes and weights that disagree raise."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from tfcovr.composed import ArrayEmbeddings, ComposedModel, model_device, save_pretrained, weights_dim
+from tfcovr.fusion import FusionConfig
+from tfcovr.text import TextConfig
+
+MINILM = TextConfig(name="minilm", pretrained_path=None, freeze=True, max_length=16)
+BERT_TINY = TextConfig(name="bert-tiny", pretrained_path=None, freeze=False, max_length=16)
+COMBINER = FusionConfig(name="combiner", hidden_dim=64, dropout=0.1)
+TEXTS = ["turn the salto into a twist", "add 2.5 twists", "a pike", "a tuck"]
+
+
+def combiner_model(seed: int = 0) -> ComposedModel:
+    torch.manual_seed(seed)
+    return ComposedModel(32, "fusion", MINILM, COMBINER).eval()
+
+
+@pytest.mark.parametrize("args", [("fusion", MINILM, COMBINER), ("fusion", BERT_TINY, FusionConfig(name="average")),
+                                  ("text", BERT_TINY, None), ("video", None, None)])
+def test_every_variant_round_trips(tmp_path, args):
+    "TF-CoVR-Base, the averaging ablation, text-only (trainable backbone) and video-only: same outputs after load."
+    torch.manual_seed(1)
+    m = ComposedModel(32, *args).eval()
+    v = torch.randn(4, 32)
+    q = m.encode_query(v, TEXTS)
+    assert q.shape == (4, 32) and torch.allclose(q.norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(m.encode_target(v), F.normalize(v, dim=-1))
+    assert save_pretrained(m, tmp_path / "m") == tmp_path / "m"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "m", "model.safetensors"]   # nothing temporary left
+    m2 = ComposedModel.from_pretrained(tmp_path / "m")
+    assert m2.config == m.config and not m2.training
+    assert torch.allclose(m2.encode_query(v, TEXTS), q, atol=1e-6)
+    assert m2.checkpoint_dim == (None if args[0] == "video" else 32) == weights_dim(tmp_path / "m" / "model.safetensors")
+    assert model_device(m2) == torch.device("cpu")
+
+
+def test_saving_again_replaces_the_folder(tmp_path):
+    a, b = combiner_model(0), combiner_model(1)
+    a.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "stale.txt").write_text("old")
+    b.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m" / "stale.txt").exists()
+    v = torch.randn(3, 32)
+    assert torch.allclose(ComposedModel.from_pretrained(tmp_path / "m").encode_query(v, TEXTS[:3]), b.encode_query(v, TEXTS[:3]), atol=1e-6)
+
+
+def test_weights_that_do_not_fit_raise(tmp_path):
+    combiner_model().save_pretrained(tmp_path / "model")
+    w = tmp_path / "model" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(w)); sd["fusion.out.weight"] = sd["fusion.out.weight"][:, :10].contiguous(); save_file(sd, str(w))
+    with pytest.raises(ValueError, match="do not fit"):
+        ComposedModel.from_pretrained(tmp_path / "model")
+
+
+def test_sizes_that_disagree_and_missing_files_raise(tmp_path):
+    combiner_model().save_pretrained(tmp_path / "m")
+    c = json.loads((tmp_path / "m" / "config.json").read_text()); c["video_dim"] = 48
+    (tmp_path / "m" / "config.json").write_text(json.dumps(c))
+    with pytest.raises(ValueError, match=r"checkpoint 32, config 48, embeddings \?"):
+        ComposedModel.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        ComposedModel.from_pretrained(tmp_path / "m")
+    m = combiner_model()
+    with pytest.raises(ValueError, match=r"\[B, 32\]"):
+        m.encode_query(torch.randn(4, 16), TEXTS)
+    with pytest.raises(ValueError, match="4 query videos but 3 texts"):
+        m.encode_query(torch.randn(4, 32), TEXTS[:3])
+    with pytest.raises(TypeError, match="list of strings"):
+        m.encode_text("a pike")
+    with pytest.raises(ValueError, match="no text encoder"):
+        ComposedModel(32, "video").encode_text(TEXTS)
+
+
+def test_frozen_text_features_are_cached_once():
+    m = combiner_model()
+    assert m.cache_texts(TEXTS + TEXTS) == 4 and m.cache_texts(TEXTS) == 0
+    m.train()
+    assert m.training and m.fusion.training and not m.text_encoder.backbone.training   # frozen backbone: no dropout
+    m.load_state_dict(combiner_model(1).state_dict())
+    assert m.cache_texts(TEXTS) == 4                                                   # new weights: cache emptied
+    assert ComposedModel(32, "text", BERT_TINY).cache_texts(TEXTS) == 0                # trainable backbone: never cached
+
+
+def test_array_embeddings():
+    e = ArrayEmbeddings(["a", "b", "c"], np.arange(6).reshape(3, 2), meta={"key": "k"})
+    assert e.dim == 2 and e.emb.dtype == np.float32 and e.meta == {"key": "k"}
+    assert e.lookup(["c", "a"]).tolist() == [[4.0, 5.0], [0.0, 1.0]]
+    with pytest.raises(KeyError, match="2 videos have no embedding"):
+        e.lookup(["a", "x", "y"])
+    with pytest.raises(ValueError, match="distinct ids"):
+        ArrayEmbeddings(["a", "b"], np.zeros((3, 2)))
