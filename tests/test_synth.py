@@ -14,6 +14,7 @@ from pathlib import Path
 import decord
 import numpy as np
 import pytest
+import yaml
 
 from tfcovr.core import ParamsError, load_params, to_dict
 from tfcovr.render import MAIN, MAIN_JITTER, PRE, PRE_JITTER, MIN_POST, Look, motion_angles, render_video
@@ -147,6 +148,16 @@ def test_clips_decode(built):
         assert len(vr) == cfg.num_frames and vr[0].shape == (cfg.frame_size, cfg.frame_size, 3), v["path"]
 
 
+def test_clips_are_written_by_the_one_mp4_writer(built):
+    "SynthGym encodes with `tfcovr.video.write_mp4`, whose fixed x264 settings make its bytes reproducible."
+    import tfcovr.render, tfcovr.synth, tfcovr.video
+    assert tfcovr.synth.write_mp4 is tfcovr.video.write_mp4 and not hasattr(tfcovr.render, "write_mp4")
+    root, man = built
+    for v in man["videos"][:3]:
+        data = (root / v["path"]).read_bytes()
+        assert b"mbtree=0" in data and b"threads=1" in data and b"crf=18.0" in data, v["path"]
+
+
 def test_splits_are_source_disjoint(built):
     root, man = built
     split_of = {}
@@ -239,7 +250,8 @@ def test_config_from_params(tmp_path):
 
 def test_stage_notebook_runs(root, tmp_path):
     p = tmp_path / "params.yaml"
-    p.write_text("seed: 0\nsynth:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in to_dict(tiny_config()).items()))
+    data = yaml.safe_load((root / "params.yaml").read_text())["data"]          # the project's data section (source synth)
+    p.write_text(yaml.safe_dump({"seed": 0, "data": {**data, "source": "synth"}, "synth": to_dict(tiny_config())}))
     out, report = tmp_path / "synth", tmp_path / "synth.json"
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), "--no-progress-bar", "nbs/stages/synth.ipynb",
                         str(tmp_path / "executed.ipynb"), "-p", "params_file", str(p), "-p", "out_dir", str(out),

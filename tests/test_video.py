@@ -1,5 +1,9 @@
-"""Video loading end to end: real H.264 files and JPEG folders written here, read back frame-exact."""
+"""Video loading end to end: real H.264 files and JPEG folders written here, read back frame-exact; writing mp4s
+reproducibly."""
 import pickle
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -192,3 +196,44 @@ def test_check_command_on_a_labels_table(videos, tmp_path, capsys):
     assert check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--workers", "2"]) == 0
     assert check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--column", "nope"]) == 2
     assert "no column 'nope'" in capsys.readouterr().err
+
+
+WRITE_IN_CHILD = """
+import sys, numpy as np
+from tfcovr.video import write_mp4
+g = np.random.default_rng(0)
+f = np.clip(np.linspace(0, 255, 48)[None, None, :, None] + g.normal(0, 4, (24, 48, 48, 3)), 0, 255).astype(np.uint8)
+write_mp4(sys.argv[1], f, fps=25, crf=18)
+"""
+
+
+def test_write_mp4_same_bytes_in_another_process(tmp_path):
+    "Noisy frames give the same bytes here and in a fresh interpreter, with x264's fixed settings in the stream."
+    g = np.random.default_rng(0)
+    f = np.clip(np.linspace(0, 255, 48)[None, None, :, None] + g.normal(0, 4, (24, 48, 48, 3)), 0, 255).astype(np.uint8)
+    here = write_mp4(tmp_path / "here.mp4", f)
+    subprocess.run([sys.executable, "-c", WRITE_IN_CHILD, str(tmp_path / "child.mp4")], check=True, timeout=120)
+    data = here.read_bytes()
+    assert data == (tmp_path / "child.mp4").read_bytes()
+    settings = re.search(rb"options: ([^\x00]*)", data).group(1).decode().split()
+    assert {"mbtree=0", "threads=1", "crf=18.0"} <= set(settings), settings
+    assert write_mp4(tmp_path / "t.mp4", torch.from_numpy(f)).read_bytes() == data      # a tensor writes the same file
+    assert write_mp4(tmp_path / "q.mp4", f, crf=30).read_bytes() != data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.mp4", "here.mp4", "q.mp4", "t.mp4"]   # no temporaries
+    assert pyav_frames(here).shape == (24, 48, 48, 3)
+    with av.open(str(here)) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.codec_context.pix_fmt, s.average_rate) == ("h264", "yuv420p", 25)
+
+
+@pytest.mark.parametrize("frames, message", [
+    (np.zeros((2, 31, 32, 3), np.uint8), "bad.mp4: H.264 4:2:0 needs even frame sizes, got 32x31"),
+    (np.zeros((2, 32, 33, 3), np.uint8), "bad.mp4: H.264 4:2:0 needs even frame sizes, got 33x32"),
+    (np.zeros((0, 32, 32, 3), np.uint8), "bad.mp4: no frames to write"),
+    (np.zeros((2, 32, 32, 3), np.float32), "bad.mp4: frames must be uint8 [T, H, W, 3]"),
+    (np.zeros((2, 32, 32), np.uint8), "bad.mp4: frames must be uint8 [T, H, W, 3]"),
+])
+def test_write_mp4_rejects_bad_frames_naming_the_file(tmp_path, frames, message):
+    (tmp_path / "bad.mp4").write_bytes(b"old")
+    with pytest.raises(ValueError, match=re.escape(message)): write_mp4(tmp_path / "bad.mp4", frames)
+    assert (tmp_path / "bad.mp4").read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
