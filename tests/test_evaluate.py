@@ -171,7 +171,7 @@ def test_breakdown_intervals_contain_estimates(bench, model_dirs):
 
 
 def test_saved_stage2_model_goes_through_the_default_loader(bench, tmp_path):
-    from tfcovr.stage2 import ComposedModel
+    from tfcovr.composed import ComposedModel
     ComposedModel(16, "video").save_pretrained(tmp_path / "video_model")
     cfg = EvaluateConfig({"video-only": _variant(None, "none", "video"),
                           "saved": _variant(tmp_path / "video_model", "none", "video")}, bootstrap=10)
@@ -213,7 +213,7 @@ def _write_cache(folder: Path, emb) -> None:
 
 def test_evaluate_and_report_stages_run_through_papermill(root, bench, tmp_path):
     pytest.importorskip("tfcovr.embed")
-    from tfcovr.stage2 import ComposedModel
+    from tfcovr.composed import ComposedModel
     from tfcovr.triplets import EVAL_COLUMNS
     _write_cache(tmp_path / "emb", bench["embeddings"])
     ComposedModel(16, "video").save_pretrained(tmp_path / "model")

@@ -8,7 +8,8 @@ import pytest
 
 from tfcovr.fusion import FusionConfig
 from tfcovr.retrieval import ComposedRetriever, GalleryIndex, Hit, format_hits, search_main
-from tfcovr.stage2 import ArrayEmbeddings, Stage2Config, synthetic_problem, train_stage2
+from tfcovr.composed import ArrayEmbeddings
+from tfcovr.stage2 import Stage2Config, synthetic_problem, train_stage2
 from tfcovr.text import TextConfig
 
 

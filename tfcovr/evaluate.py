@@ -231,7 +231,7 @@ def load_stage2_model(model_dir: str | Path,    # a folder written by `ComposedM
                       device: str | torch.device = "cpu",  # device to load to
                      ):                         # ComposedModel in eval mode
     "The Stage-2 model saved in `model_dir`."
-    from tfcovr.stage2 import ComposedModel
+    from tfcovr.composed import ComposedModel
     return ComposedModel.from_pretrained(model_dir, device=str(device))
 
 
@@ -358,7 +358,7 @@ def synthetic_benchmark(seed: int = 0,      # generator seed
                         noise: float = 0.05,  # embedding noise around the label prototype
                        ) -> dict[str, Any]:  # videos, triplets (test), embeddings (ArrayEmbeddings), prototypes [L, D]
     "A tiny labelled benchmark with prototype embeddings, for tests and examples."
-    from tfcovr.stage2 import ArrayEmbeddings
+    from tfcovr.composed import ArrayEmbeddings
     g = rng(seed, "synthetic-eval")
     protos = g.standard_normal((n_labels, dim)).astype(np.float32)
     rows = [(f"v{a}_{s}{i}", f"l{a}", s, "finegym" if a < n_labels // 2 else "finediving")

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from .core import atomic_dir
 from .fusion import check_dims
-from .stage2 import ComposedModel, model_device
+from .composed import ComposedModel, model_device
 
 # %% auto #0
 __all__ = ['GalleryIndex', 'Hit', 'load_video_encoder', 'ComposedRetriever', 'format_hits', 'search_parser', 'search_main']
@@ -132,7 +132,7 @@ def load_video_encoder(checkpoint: str | Path, device: str = "cpu") -> Callable:
 
 class ComposedRetriever:
     "Top-k gallery videos for a query video and a modification text, with a saved Stage-2 model."
-    def __init__(self, model_dir: str | Path,                  # folder of `tfcovr.stage2.save_pretrained`
+    def __init__(self, model_dir: str | Path,                  # folder of `tfcovr.composed.save_pretrained`
                  gallery: str | Path | GalleryIndex,          # a saved gallery folder, or an index
                  video_encoder: Callable | str | Path | None = None,  # video -> [D], or a Stage-1 checkpoint folder
                  device: str = "cpu",                         # device of the Stage-2 model

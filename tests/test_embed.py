@@ -1,0 +1,104 @@
+"""The embedding cache end to end: torchrun sharding, resumption after an interruption, failures that are never skipped."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfcovr.embed as E
+from tfcovr.aim import AIMConfig
+from tfcovr.clips import toy_clips
+from tfcovr.embed import IncompleteEmbeddings, extract_embeddings, load_embeddings, untrained_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = dict(name="aim-tiny", num_frames=4, pretrained=False, checkpoint_path=None, freeze_backbone=False,
+             drop_path_rate=0.0, drop_rate=0.0)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    "Ten toy videos (two directions, 3 train + 1 val + 1 test each) and their labels table."
+    root = tmp_path_factory.mktemp("toy")
+    labels = toy_clips(root / "videos", per_split={"train": 3, "val": 1, "test": 1})
+    labels.to_parquet(root / "labels.parquet")
+    return root, labels
+
+
+def encoder():
+    return untrained_encoder(AIMConfig(**MODEL), seed=0, device="cpu")
+
+
+def test_two_processes_shard_the_videos_and_match_one_process(toy, tmp_path):
+    root, labels = toy
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, model: "
+                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n")
+    script = tmp_path / "embed.py"
+    script.write_text("import sys\nfrom tfcovr.embed import embed_main\nsys.exit(embed_main(sys.argv[1:]))\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), "untrained",
+           "--params", str(params), "--labels", str(root / "labels.parquet"), "--root", str(root / "videos"),
+           "--cache-root", str(tmp_path / "cache"), "--pointer", str(tmp_path / "untrained.json")]
+    p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    two = load_embeddings(tmp_path / "untrained.json")
+    enc = encoder()
+    one = load_embeddings(extract_embeddings(enc, labels, root / "videos", tmp_path / "one", batch_size=3, progress=False))
+    assert two.meta["key"] == one.meta["key"] == enc.key                     # same encoder, same cache key
+    assert two.ids == one.ids == labels.video_id.tolist()
+    np.testing.assert_allclose(two.emb, one.emb, rtol=1e-5, atol=1e-5)
+    assert not (tmp_path / "cache" / enc.key / "parts").exists()             # a complete cache drops its parts
+
+
+def test_an_interrupted_extraction_resumes_with_the_videos_left(toy, tmp_path, monkeypatch):
+    root, labels = toy
+    enc = encoder()
+    full = load_embeddings(extract_embeddings(enc, labels, root / "videos", tmp_path / "full", batch_size=2, shard_size=3, progress=False))
+    write, written = E._write_part, []
+
+    def crash_after_two(*a, **k):
+        if len(written) == 2: raise KeyboardInterrupt("interrupted")
+        write(*a, **k); written.append(a[0])
+    monkeypatch.setattr(E, "_write_part", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        extract_embeddings(enc, labels, root / "videos", tmp_path / "cache", batch_size=2, shard_size=3, progress=False)
+    folder = tmp_path / "cache" / enc.key
+    assert len(list((folder / "parts").glob("*.npz"))) == 2
+    with pytest.raises(FileNotFoundError, match="not a finished embedding cache"):
+        load_embeddings(folder)
+    meta = E._merge(enc, folder, E._video_table(labels, root / "videos"))   # what is there so far
+    assert not meta["complete"] and meta["missing"] == labels.video_id.tolist()[6:] and meta["failed"] == {}
+    with pytest.raises(IncompleteEmbeddings, match="4 missing and 0 failed of 10 videos: toy_val_down_0: missing"):
+        load_embeddings(folder)
+    monkeypatch.setattr(E, "_write_part", write)
+    seen = []
+    embed = enc.embed
+    enc.embed = lambda clips: seen.append(len(clips)) or embed(clips)
+    out = load_embeddings(extract_embeddings(enc, labels, root / "videos", tmp_path / "cache", batch_size=2, shard_size=3, progress=False))
+    assert sum(seen) == 4                                                     # only the videos left
+    assert out.ids == full.ids
+    np.testing.assert_array_equal(out.emb, full.emb)
+
+
+def test_missing_and_corrupt_videos_are_failures_with_reasons(toy, tmp_path):
+    root, labels = toy
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for f in (root / "videos").iterdir(): (videos / f.name).write_bytes(f.read_bytes())
+    (videos / "toy_val_up_0.mp4").unlink()
+    good = (videos / "toy_test_down_0.mp4").read_bytes()
+    (videos / "toy_test_down_0.mp4").write_bytes(good[: len(good) // 3])      # truncated: the index is lost
+    enc = encoder()
+    folder = extract_embeddings(enc, labels, videos, tmp_path / "cache", shard_size=4, progress=False)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert not meta["complete"] and meta["missing"] == []
+    assert sorted(meta["failed"]) == ["toy_test_down_0", "toy_val_up_0"]
+    assert "video not found" in meta["failed"]["toy_val_up_0"]
+    assert "toy_test_down_0.mp4" in meta["failed"]["toy_test_down_0"]
+    assert json.loads((folder / "index.json").read_text())["video_ids"] == [v for v in labels.video_id if v not in meta["failed"]]
+    with pytest.raises(IncompleteEmbeddings, match="toy_val_up_0: .*video not found"):
+        load_embeddings(folder)
+    with pytest.raises(ValueError, match="no video root for dataset 'finegym'"):
+        extract_embeddings(enc, labels, {"finediving": videos}, tmp_path / "cache", progress=False)

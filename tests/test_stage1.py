@@ -1,0 +1,105 @@
+"""Stage 1 end to end on toy clips: exact resume in a new process, two-process DDP with Gloo, errors that name the video."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tfcovr.aim import AIMConfig
+from tfcovr.clips import toy_clips
+from tfcovr.core import derive_seed, seed_everything, to_dict
+from tfcovr.stage1 import Stage1Config, load_stage1, train_stage1
+from tfcovr.video import VideoError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs train_stage1 from a JSON config; each rank writes the digest of its final weights.
+SCRIPT = """
+import json, os, sys
+from pathlib import Path
+import pandas as pd
+from tfcovr.core import from_dict
+from tfcovr.stage1 import Stage1Config, train_stage1
+cfg = from_dict(Stage1Config, json.loads(Path(sys.argv[1]).read_text()))
+res = train_stage1(cfg, pd.read_parquet(sys.argv[2]), sys.argv[3], sys.argv[4], seed=0,
+                   stop_after=json.loads(sys.argv[5]), progress=False)
+Path(sys.argv[4], f"rank{os.environ.get('RANK', '0')}.sha").write_text(res.weights_sha256)
+"""
+
+
+def cfg(**kw) -> Stage1Config:
+    return Stage1Config(AIMConfig("aim-tiny", num_frames=4), **{**dict(epochs=2, batch_size=2, grad_accum=2, lr=2e-3,
+                        warmup_epochs=0.5, hflip=False, device="cpu", amp="none"), **kw})
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    "Toy clips of four motion directions (3 train, 1 val each) and their labels table on disk."
+    root = tmp_path_factory.mktemp("toy")
+    labels = toy_clips(root / "videos", classes=("down", "up", "right", "left"), per_split={"train": 3, "val": 1})
+    labels.to_parquet(root / "labels.parquet")
+    return root, labels
+
+
+def run_script(tmp: Path, c: Stage1Config, toy_root: Path, out: Path, stop_after, nproc: int = 1) -> subprocess.CompletedProcess:
+    script, conf = tmp / "train.py", tmp / f"cfg_{out.name}.json"
+    script.write_text(SCRIPT); conf.write_text(json.dumps(to_dict(c)))
+    launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": "1"} if nproc > 1 else {})}  # one process: same threads as here
+    return subprocess.run([*launch, str(script), str(conf), str(toy_root / "labels.parquet"), str(toy_root / "videos"), str(out),
+                           json.dumps(stop_after)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_resume_in_a_new_process_gives_the_weights_of_a_straight_run(toy, tmp_path):
+    root, labels = toy
+    c = cfg()
+    straight = train_stage1(c, labels, root / "videos", tmp_path / "straight", seed=0, progress=False)
+    p = run_script(tmp_path, c, root, tmp_path / "resumed", stop_after=1)                # epoch 1 in another process
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(pd.read_csv(tmp_path / "resumed" / "history.tsv", sep="\t")) == 1
+    resumed = train_stage1(c, labels, root / "videos", tmp_path / "resumed", seed=0, progress=False)   # epoch 2 here
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert resumed.weights_sha256 == straight.weights_sha256
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    seed_everything(derive_seed(0, "stage1", "init"))
+    init = c.model.build(4).state_dict()                                                # training moved the weights
+    assert not torch.equal(a["head.weight"], init["head.weight"])
+    h = pd.read_csv(tmp_path / "resumed" / "history.tsv", sep="\t")
+    assert list(h.columns[:6]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    assert h.lr.iloc[-1] < 0.2 * c.lr < h.lr.iloc[0]                                       # cosine decays to ~0
+
+
+def test_two_processes_with_gloo_end_with_identical_weights(toy, tmp_path):
+    root, labels = toy
+    c = cfg(epochs=1, grad_accum=1)
+    out = tmp_path / "ddp"
+    p = run_script(tmp_path, c, root, out, stop_after=None, nproc=2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    shas = [(out / f"rank{r}.sha").read_text() for r in (0, 1)]
+    assert shas[0] == shas[1]
+    model, meta = load_stage1(out, which="last")
+    assert meta["world_size"] == 2 and meta["epoch"] == 1
+    h = pd.read_csv(out / "history.tsv", sep="\t")
+    assert len(h) == 1 and h.val_acc.iloc[0] in {0.0, 0.25, 0.5, 0.75, 1.0}               # 4 val clips, counted once
+    single = train_stage1(c, labels, root / "videos", tmp_path / "single", seed=0, progress=False)
+    assert single.weights_sha256 != shas[0]                                              # 2 x 2 clips per step is another run
+
+
+def test_a_corrupt_training_video_is_named(toy, tmp_path):
+    root, labels = toy
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for f in (root / "videos").iterdir(): (videos / f.name).write_bytes(f.read_bytes())
+    (videos / "toy_train_left_1.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(VideoError, match="toy_train_left_1.mp4"):
+        train_stage1(cfg(epochs=1), labels, videos, tmp_path / "run", seed=0, progress=False)
+    (videos / "toy_val_up_0.mp4").unlink()
+    with pytest.raises(FileNotFoundError, match="toy_val_up_0"):
+        train_stage1(cfg(epochs=1), labels, videos, tmp_path / "run", seed=0, progress=False)
