@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("TFCOVR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture
@@ -20,5 +20,5 @@ def root() -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     "The real FineGym / FineDiving label files (never copied into the repository)."
-    if not SHARED_DATA.exists(): pytest.fail(f"real label files expected at {SHARED_DATA}")
+    if not SHARED_DATA.exists(): pytest.fail(f"real label files expected at {SHARED_DATA} (or set TFCOVR_SHARED_DATA)")
     return SHARED_DATA

@@ -243,3 +243,16 @@ def test_clips_do_not_interact(frames):
     with torch.no_grad():
         assert torch.allclose(m(frames)[:1], m(frames[:1]), atol=1e-5)
         assert torch.allclose(m(frames)[1:], m(frames[1:]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["aim-small", "aim-small-1f"])
+def test_aim_small_shapes(frames, name):
+    v = aim_cfg(name)
+    assert (v.img_size, v.patch_size, v.embed_dim, v.num_heads) == (64, 8, 96, 4)
+    assert (v.num_frames, v.temporal) == ((8, True) if name == "aim-small" else (1, False))
+    m = create_aim(name, num_frames=8, num_classes=34).eval()
+    assert m.patch_embed.num_patches == 64 and m.param_counts()["frozen"] == 0
+    with torch.no_grad():
+        assert m(frames).shape == (2, 34)
+        assert m.forward_features(frames).shape == (2, 96)
+    assert (m.temporal_embedding is None) == (name == "aim-small-1f")

@@ -182,15 +182,23 @@ def test_labels_stage_writes_parquet(root, tmp_path, gym_files):
     (gym_files / "val.txt").write_text("bbbbbbbbbbb_E_000010_000020_A_0001_0003 1\n")
     (tmp_path / "params.yaml").write_text(f"""
 seed: 0
-labels:
-  datasets: [finegym, finediving]
-  finegym:
-    categories: {gym_files / 'cats.txt'}
-    set_categories: null
-    splits: {{train: {gym_files / 'train.txt'}, val: {gym_files / 'val.txt'}}}
-  finediving:
-    annotation_dir: {tmp_path / 'fd'}
-    splits: [train, val]
+data:
+  source: real
+  root: {tmp_path}
+  labels:
+    real: &files
+      datasets: [finegym, finediving]
+      finegym:
+        categories: {gym_files / 'cats.txt'}
+        set_categories: null
+        splits: {{train: {gym_files / 'train.txt'}, val: {gym_files / 'val.txt'}}}
+      finediving:
+        annotation_dir: {tmp_path / 'fd'}
+        splits: [train, val]
+    synth: *files
+  videos:
+    real: {{finegym: {tmp_path / 'clips'}, finediving: {tmp_path / 'fd'}}}
+    synth: {{finegym: {tmp_path / 'clips'}, finediving: {tmp_path / 'fd'}}}
 """)
     out = tmp_path / "labels.parquet"
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), "--no-progress-bar", "nbs/stages/labels.ipynb",

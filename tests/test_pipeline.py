@@ -55,5 +55,10 @@ def test_dvc_repro_tiny(root, tmp_path):
     assert (work / "reports" / "protocol.json").exists()
     assert any((work / "reports" / "figures" / "evaluation").glob("*.png"))
     assert (work / "models" / "stage2" / "gallery").is_dir()
+    query = next((work / "data" / "synth" / "finegym" / "videos").glob("*.mp4"))
+    found = run([str(Path(bin_dir) / "tfcovr"), "search", str(query), "show with 2 turns", "-k", "3",
+                 "--model", "models/stage2/TF-CoVR-Base/model", "--gallery", "models/stage2/gallery",
+                 "--stage1", "models/stage1/aim"], work, env)
+    assert len(found.stdout.strip().splitlines()) == 4, found.stdout      # a header and three hits
     again = run([str(Path(bin_dir) / "dvc"), "repro"], work, env)
     assert "Running stage" not in again.stdout, again.stdout
