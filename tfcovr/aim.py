@@ -171,7 +171,7 @@ class AIM(VisionTransformer):
         "The L2-normalised video embedding (retrieval)."
         return F.normalize(self.forward_features(x), dim=-1)
 
-# %% ../nbs/21_aim.ipynb #c4e2b2d3
+# %% ../nbs/21_aim.ipynb #95f67a37
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -246,6 +246,9 @@ register_aim(AIMVariant("aim-b16", num_frames=12, **_B16))
 register_aim(AIMVariant("aim-b16-1f", num_frames=1, temporal=False, **_B16))
 register_aim(AIMVariant("aim-tiny", num_frames=8, **_TINY))
 register_aim(AIMVariant("aim-tiny-1f", num_frames=1, temporal=False, **_TINY))
+_SMALL = dict(img_size=64, patch_size=8, embed_dim=96, depth=3, num_heads=4)
+register_aim(AIMVariant("aim-small", num_frames=8, **_SMALL))
+register_aim(AIMVariant("aim-small-1f", num_frames=1, temporal=False, **_SMALL))
 
 # %% ../nbs/21_aim.ipynb #02b601d3
 _WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -322,7 +325,7 @@ def create_aim(name: str,                                # a registered variant 
     if has_weights: load_backbone(model, checkpoint_path if checkpoint_path is not None else cached_weights(v))
     return model.set_trainable(has_weights if freeze_backbone is None else freeze_backbone)
 
-# %% ../nbs/21_aim.ipynb #2f208f7e
+# %% ../nbs/21_aim.ipynb #de44419c
 def preprocess(frames: torch.Tensor | np.ndarray,  # uint8 frames [..., H, W, 3], e.g. [B, T, H, W, 3]
                cfg: AIMVariant | str,               # the variant (or its name) whose mean/std to use
                ) -> torch.Tensor:                   # float32 [..., 3, H, W]
@@ -335,7 +338,7 @@ def preprocess(frames: torch.Tensor | np.ndarray,  # uint8 frames [..., H, W, 3]
     std = torch.tensor(cfg.std, device=x.device).view(3, 1, 1)
     return (x.movedim(-1, -3).float() / 255 - mean) / std
 
-# %% ../nbs/21_aim.ipynb #e21a33d5
+# %% ../nbs/21_aim.ipynb #99f3b677
 @dataclasses.dataclass
 class AIMConfig:
     "The `aim` section of params.yaml: which AIM variant Stage 1 trains, from which weights, with what regularisation."
