@@ -5,6 +5,7 @@
 # %% ../nbs/22a_clips.ipynb #1314a6da
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import os
@@ -23,8 +24,8 @@ from .core import read_yaml, rng
 from .video import VideoError, load_clip, resolve_video, write_mp4
 
 # %% auto #0
-__all__ = ['VideoRoots', 'class_index', 'video_root', 'parse_roots', 'params_roots', 'video_fingerprint', 'resolve_paths',
-           'crop_box', 'augment_clip', 'ClipDataset', 'toy_clips']
+__all__ = ['VideoRoots', 'class_index', 'video_root', 'parse_roots', 'params_roots', 'add_data_args', 'args_roots',
+           'video_fingerprint', 'resolve_paths', 'crop_box', 'augment_clip', 'ClipDataset', 'toy_clips']
 
 # %% ../nbs/22a_clips.ipynb #150631b5
 VideoRoots = str | Path | Mapping[str, str | Path]
@@ -67,6 +68,20 @@ def params_roots(params_file: str | Path,  # params.yaml
     try: return {ds: Path(d) for ds, d in data["videos"][data["source"]].items()}
     except (KeyError, TypeError, AttributeError):
         raise ValueError(f"{params_file}: no video folders at data.videos.<data.source>; give the video roots explicitly") from None
+
+
+def add_data_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Add the options every command that reads clips shares: `--params`, `--labels`, `--root`."
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
+    ap.add_argument("--labels", type=Path, default=Path("data/build/labels.parquet"), help="labels table")
+    ap.add_argument("--root", action="append", default=[], metavar="[DATASET=]DIR",
+                    help="video folder (repeatable per dataset; default: the params file's data.videos.<data.source>)")
+    return ap
+
+
+def args_roots(a: argparse.Namespace) -> VideoRoots:
+    "The video roots of parsed `add_data_args` options: the `--root` values, else the params file's folders."
+    return parse_roots(a.root) if a.root else params_roots(a.params)
 
 
 def video_fingerprint(path: str | Path,  # an mp4 file or a frame folder

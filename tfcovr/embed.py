@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .aim import AIM, AIMConfig, aim_cfg, cached_weights, create_aim, preprocess
-from .clips import VideoRoots, params_roots, parse_roots, video_fingerprint, video_root
+from .clips import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root
 from .core import (atomic_write, derive_seed, file_sha256, get_device, load_params, seed_everything,
                          stable_hash, write_json)
 from .stage1 import autocast, barrier, checkpoint_file, distributed, load_stage1, resolve_amp
@@ -382,17 +382,14 @@ def embed_main(argv: list[str] | None = None) -> int:
     "Entry point of `tfcovr embed`: extract the embeddings of one encoder of a params file (torchrun shards it)."
     ap = argparse.ArgumentParser(prog="tfcovr embed", description="Encode every video of a labels table into the embedding cache.")
     ap.add_argument("name", help="encoder name (a key of the params file's embed.encoders)")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
-    ap.add_argument("--labels", type=Path, default=Path("data/build/labels.parquet"), help="labels table")
-    ap.add_argument("--root", action="append", default=[], metavar="[DATASET=]DIR",
-                    help="video folder (repeatable per dataset; default: the params file's data.videos.<data.source>)")
+    add_data_args(ap)
     ap.add_argument("--cache-root", type=Path, default=None, help="cache folders go here (default embeddings/<name>)")
     ap.add_argument("--pointer", type=Path, default=None, help="pointer file (default embeddings/<name>.json)")
     a = ap.parse_args(argv)
     try:
         cfg, seed = load_embed_params(a.params)
         if a.name not in cfg.encoders: raise ValueError(f"{a.params}: embed.encoders.{a.name}: no such encoder (known: {', '.join(cfg.encoders)})")
-        labels, roots = pd.read_parquet(a.labels), parse_roots(a.root) if a.root else params_roots(a.params)
+        labels, roots = pd.read_parquet(a.labels), args_roots(a)
         with distributed(cfg.device) as d:
             enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp)
             folder = extract_embeddings(enc, labels, roots, a.cache_root or Path("embeddings") / a.name, cfg.batch_size,

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from .aim import AIM, AIMConfig, aim_cfg, create_aim
-from .clips import ClipDataset, VideoRoots, class_index, params_roots, parse_roots, video_fingerprint
+from .clips import ClipDataset, VideoRoots, add_data_args, args_roots, class_index, video_fingerprint
 from .core import (atomic_dir, atomic_path, derive_seed, get_device, load_params, seed_everything,
                          stable_hash, to_dict, write_json)
 
@@ -429,17 +429,14 @@ def stage1_main(argv: list[str] | None = None) -> int:
     "Entry point of `tfcovr stage1`: train one Stage-1 variant of a params file."
     ap = argparse.ArgumentParser(prog="tfcovr stage1", description="Train AIM on all action classes (Stage 1).")
     ap.add_argument("variant", help="key of the params file's stage1 section, e.g. aim")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
-    ap.add_argument("--labels", type=Path, default=Path("data/build/labels.parquet"), help="labels table")
-    ap.add_argument("--root", action="append", default=[], metavar="[DATASET=]DIR",
-                    help="video folder (repeatable per dataset; default: the params file's data.videos.<data.source>)")
+    add_data_args(ap)
     ap.add_argument("--out", type=Path, default=None, help="run folder (default models/stage1/<variant>)")
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     ap.add_argument("--stop-after", type=int, default=None, help="end after this many epochs of this call")
     a = ap.parse_args(argv)
     try:
         cfg, seed = load_stage1_params(a.params, a.variant)
-        roots = parse_roots(a.root) if a.root else params_roots(a.params)
+        roots = args_roots(a)
         res = train_stage1(cfg, pd.read_parquet(a.labels), roots, a.out or Path("models/stage1") / a.variant,
                            seed, resume=not a.fresh, stop_after=a.stop_after)
     except (FileNotFoundError, ValueError) as e:
