@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .core import file_sha256, from_dict, get_device, rng, stable_hash
 from .metrics import DEFAULT_KS, per_query_metrics_from_embeddings, summarize_metrics
 from .modify import MOD_TYPES
-from .triplets import gallery_videos
+from .triplets import gallery_videos, unique_videos
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODALITIES', 'DISCIPLINES', 'EVAL_NEEDS', 'VariantConfig', 'EvaluateConfig', 'split_videos', 'Gallery',
@@ -87,12 +87,7 @@ def split_videos(videos: pd.DataFrame,  # one row per clip: video_id, label_id, 
     if miss: raise ValueError(f"videos table: missing columns {miss} (has {list(videos.columns)})")
     ids = gallery_videos(videos, split)  # the one definition of a split's gallery
     if not ids: raise ValueError(f"the videos table has no video in split {split!r} (splits: {sorted(videos['split'].astype(str).unique())})")
-    v = videos[videos["split"].astype(str) == split].astype({"video_id": str, "label_id": str})
-    v = v.drop_duplicates(["video_id", "label_id"])
-    dup = v["video_id"].duplicated(keep=False)
-    if dup.any():
-        vid = v.loc[dup, "video_id"].iloc[0]
-        raise ValueError(f"video {vid!r} has several labels in split {split!r}: {sorted(v.loc[v.video_id == vid, 'label_id'])}")
+    v = unique_videos(videos[videos["split"].astype(str) == split], f" in split {split!r}")
     return v.set_index("video_id").loc[ids].reset_index()
 
 

@@ -26,6 +26,7 @@ from .fusion import FusionConfig, check_dims
 from .losses import LossConfig, create_loss
 from .metrics import DEFAULT_KS, retrieval_metrics, retrieval_metrics_from_embeddings
 from .text import TextConfig
+from .triplets import unique_videos
 
 # %% auto #0
 __all__ = ['Stage2Config', 'make_batches', 'lr_factor', 'eval_gallery', 'encode_queries', 'evaluate', 'synthetic_problem',
@@ -116,10 +117,7 @@ def eval_gallery(triplets: pd.DataFrame,              # val/test triplets (query
         t = triplets[["target_videos", "target_label_id"]].explode("target_videos").dropna()
         videos = pd.concat([q, t.set_axis(["video_id", "label_id"], axis=1)])
     _need(videos, ("video_id", "label_id"), "videos")
-    g = videos[["video_id", "label_id"]].astype(str).drop_duplicates()
-    dup = g[g.video_id.duplicated()]
-    if len(dup): raise ValueError(f"video {dup.video_id.iloc[0]!r} has two labels in the gallery")
-    return g.sort_values("video_id").reset_index(drop=True)
+    return unique_videos(videos[["video_id", "label_id"]], " in the gallery")
 
 
 @torch.no_grad()

@@ -23,8 +23,8 @@ from .pairing import check_columns, save_figure
 # %% auto #0
 __all__ = ['SPLITS', 'EVAL_SPLITS', 'PAPER', 'CLIP_COLUMNS', 'VIDEO_COLUMNS', 'EVAL_COLUMNS', 'TRAIN_COLUMNS', 'MOD_COLUMNS',
            'TFCOVR_TRAIN', 'TFCOVR_EVAL', 'TripletsConfig', 'carve_test_split', 'video_table', 'gallery_videos',
-           'TripletsResult', 'build_triplets', 'write_triplets', 'read_triplets', 'load_triplets', 'export_tfcovr_csv',
-           'export_tfcovr_csvs', 'read_tfcovr_csv', 'triplet_stats', 'plot_triplet_stats']
+           'unique_videos', 'TripletsResult', 'build_triplets', 'write_triplets', 'read_triplets', 'load_triplets',
+           'export_tfcovr_csv', 'export_tfcovr_csvs', 'read_tfcovr_csv', 'triplet_stats', 'plot_triplet_stats']
 
 # %% ../nbs/14_triplets.ipynb #997801f5
 SPLITS = ("train", "val", "test")
@@ -98,6 +98,18 @@ def gallery_videos(videos: pd.DataFrame,  # output of `video_table` (or `videos.
     "The gallery of a split: every unique video of that split."
     if split not in SPLITS: raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     return sorted(videos.loc[videos["split"] == split, "video_id"].astype(str).unique())
+
+
+def unique_videos(videos: pd.DataFrame,  # rows with video_id and label_id (+ any columns)
+                  where: str = "",       # context for the error, e.g. " in split 'test'"
+                 ) -> pd.DataFrame:      # each video once, sorted by video_id
+    "Each video of `videos` once with its label; a video listed with two labels raises, naming it."
+    v = videos.astype({"video_id": str, "label_id": str}).drop_duplicates(["video_id", "label_id"])
+    dup = v["video_id"].duplicated(keep=False)
+    if dup.any():
+        vid = v.loc[dup, "video_id"].iloc[0]
+        raise ValueError(f"video {vid!r} has several labels{where}: {sorted(v.loc[v.video_id == vid, 'label_id'])}")
+    return v.sort_values("video_id").reset_index(drop=True)
 
 # %% ../nbs/14_triplets.ipynb #67b8817a
 EVAL_COLUMNS = ["query_id", "query_video", "query_label_id", "query_label", "query_source", "target_label_id", "target_label",
