@@ -241,12 +241,12 @@ def aim_cfg(name: str) -> AIMVariant:
 
 _B16 = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, act_layer="quick_gelu",
             timm_name="vit_base_patch16_clip_quickgelu_224", hf_hub_id="timm/vit_base_patch16_clip_224.openai")
-_TINY = dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2)
+_TINY = dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2, pre_norm=False)
 register_aim(AIMVariant("aim-b16", num_frames=12, **_B16))
 register_aim(AIMVariant("aim-b16-1f", num_frames=1, temporal=False, **_B16))
 register_aim(AIMVariant("aim-tiny", num_frames=8, **_TINY))
 register_aim(AIMVariant("aim-tiny-1f", num_frames=1, temporal=False, **_TINY))
-_SMALL = dict(img_size=64, patch_size=8, embed_dim=96, depth=3, num_heads=4)
+_SMALL = dict(img_size=64, patch_size=8, embed_dim=96, depth=3, num_heads=4, pre_norm=False)
 register_aim(AIMVariant("aim-small", num_frames=8, **_SMALL))
 register_aim(AIMVariant("aim-small-1f", num_frames=1, temporal=False, **_SMALL))
 

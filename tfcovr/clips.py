@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .aim import AIMVariant, aim_cfg, preprocess
 from .core import read_yaml, rng
-from .video import VideoError, load_clip, resolve_video, write_mp4
+from .video import VideoError, load_clip, resize_clip, resolve_video, segment_indices, video_length, write_mp4
 
 # %% auto #0
 __all__ = ['VideoRoots', 'class_index', 'video_root', 'parse_roots', 'params_roots', 'add_data_args', 'args_roots',
@@ -166,6 +166,7 @@ class ClipDataset(Dataset):
                  crop_scale: tuple[float, float] = (0.5, 1.0), # RandomResizedCrop area range (train)
                  hflip: bool = True,                        # random horizontal flip (train)
                  randaugment: tuple[int, int] | None = None, # RandAugment (num_ops, magnitude) (train), None: off
+                 cache: bool = False,                       # keep every decoded video in memory
                  ):
         if num_frames < 1 or size < 1: raise ValueError(f"num_frames and size must be >= 1, got {num_frames}, {size}")
         self.rows = labels.reset_index(drop=True)
@@ -178,7 +179,7 @@ class ClipDataset(Dataset):
         self.variant = aim_cfg(variant) if isinstance(variant, str) else variant
         self.num_frames, self.size, self.train, self.seed = num_frames, size, train, seed
         self.crop_scale, self.hflip, self.randaugment = tuple(crop_scale), hflip, randaugment
-        self.epoch = 0
+        self.epoch, self.cache = 0, {} if cache else None
 
     def set_epoch(self, epoch: int) -> None:
         "Select the random draws of epoch `epoch`."
@@ -186,11 +187,20 @@ class ClipDataset(Dataset):
 
     def __len__(self) -> int: return len(self.rows)
 
+    def _load(self, idx: int, mode: str, g: np.random.Generator | None, size: int | None) -> torch.Tensor:
+        "`load_clip` of row `idx`, from the in-memory copy of the whole video when caching."
+        if self.cache is None: return load_clip(self.paths[idx], self.num_frames, size, mode=mode, rng=g)
+        if idx not in self.cache:
+            path = self.paths[idx]
+            self.cache[idx] = load_clip(path, video_length(path), None)   # every frame, in order
+        video = self.cache[idx]
+        return resize_clip(video[segment_indices(len(video), self.num_frames, mode, g)], size)
+
     def clip(self, idx: int) -> torch.Tensor:  # [T, size, size, 3] uint8
         "The uint8 clip of row `idx` as the model will see it (before normalisation)."
-        if not self.train: return load_clip(self.paths[idx], self.num_frames, self.size, mode="center")
+        if not self.train: return self._load(idx, "center", None, self.size)
         g = rng(self.seed, "epoch", self.epoch, "clip", idx)
-        frames = load_clip(self.paths[idx], self.num_frames, None, mode="random", rng=g)
+        frames = self._load(idx, "random", g, None)
         return augment_clip(frames, self.size, g, self.crop_scale, self.hflip, self.randaugment)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:  # [T, 3, size, size] float32, class

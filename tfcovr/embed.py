@@ -26,7 +26,7 @@ from .aim import AIM, AIMConfig, aim_cfg, cached_weights, create_aim, preprocess
 from .clips import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root
 from .core import (atomic_write, derive_seed, file_sha256, get_device, load_params, seed_everything,
                          stable_hash, write_json)
-from .stage1 import autocast, barrier, checkpoint_file, distributed, load_stage1, resolve_amp
+from .stage1 import autocast, barrier, checkpoint_file, distributed, load_stage1, resolve_amp, weights_sha256
 from .video import VideoError, load_clip, resize_clip, resolve_video, segment_indices
 
 # %% auto #0
@@ -48,6 +48,7 @@ class VideoEncoder:
         self.device = torch.device(device)
         self.model, self.amp, self.source = model.eval().to(self.device), amp, dict(source)
         self.variant, self.num_frames, self.size = model.variant, model.num_frames, model.patch_embed.img_size[0]
+        self.weights_sha256 = weights_sha256(self.model)   # the weights as loaded: a code change that alters them changes the key
 
     @property
     def dim(self) -> int: return self.model.embed_dim
@@ -55,6 +56,7 @@ class VideoEncoder:
     def fields(self) -> dict[str, Any]:
         "Everything that determines the embeddings (the cache key hashes this)."
         return {"checkpoint_sha256": self.source.get("checkpoint_sha256"), "model": self.variant.name,
+                "variant": dataclasses.asdict(self.variant), "weights_sha256": self.weights_sha256,
                 "num_frames": self.num_frames, "sampling": self.sampling, "size": self.size,
                 "preprocessing": {"resize": "shorter side, centre crop, bilinear antialias", "mean": list(self.variant.mean),
                                   "std": list(self.variant.std)},

@@ -58,6 +58,7 @@ class Stage1Config:
     train_split: str = "train"             # split the classifier trains on
     val_split: str = "val"                 # split that selects the best epoch
     num_workers: int = 0                   # data-loader processes per training process
+    cache_clips: bool = False              # decode each video once and keep it in memory (small benchmarks; needs num_workers 0)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     amp: Literal["auto", "bf16", "none"] = "auto"    # bf16 autocast (CUDA only); auto: bf16 on CUDA, none on CPU
 
@@ -78,6 +79,8 @@ class Stage1Config:
                 raise ValueError(f"randaugment must be [num_ops >= 1, magnitude 0-30] or null, got {list(self.randaugment)}")
         if self.train_split == self.val_split: raise ValueError(f"train_split and val_split are both {self.train_split!r}")
         if self.num_workers < 0: raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.cache_clips and self.num_workers: raise ValueError(
+            f"cache_clips needs num_workers 0 (got {self.num_workers}): worker processes end with their epoch and take the cache with them")
         if self.device == "cpu" and self.amp == "bf16": raise ValueError("amp 'bf16' needs CUDA: use amp 'none' or 'auto' on CPU")
 
 # %% ../nbs/22_stage1.ipynb #a2518272
@@ -332,12 +335,13 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
     for s, df in ((cfg.train_split, tr_df), (cfg.val_split, va_df)):
         if df.empty: raise ValueError(f"no clips in split {s!r} (splits: {', '.join(map(str, labels['split'].unique()))})")
     v = aim_cfg(cfg.model.name)
-    ds_kw = dict(video_roots=video_roots, num_frames=cfg.model.num_frames, size=v.img_size, seed=seed, classes=classes, variant=v)
+    ds_kw = dict(video_roots=video_roots, num_frames=cfg.model.num_frames, size=v.img_size, seed=seed, classes=classes, variant=v,
+                 cache=cfg.cache_clips)
     train_ds = ClipDataset(tr_df, train=True, crop_scale=cfg.crop_scale, hflip=cfg.hflip, randaugment=cfg.randaugment, **ds_kw)
     val_ds = ClipDataset(va_df, train=False, **ds_kw)
     with distributed(cfg.device) as d:
         amp = resolve_amp(cfg.amp, d.device)
-        conf = {k: val for k, val in to_dict(cfg).items() if k != "num_workers"}
+        conf = {k: val for k, val in to_dict(cfg).items() if k not in ("num_workers", "cache_clips")}
         run = {"config": conf, "model": cfg.model.name, "num_frames": cfg.model.num_frames, "size": v.img_size,
                "classes": classes, "seed": seed, "world_size": d.world,
                "clips": {"train": _clips_digest(train_ds), "val": _clips_digest(val_ds)}}
