@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -25,8 +25,8 @@ from .triplets import gallery_videos, unique_videos
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODALITIES', 'DISCIPLINES', 'EVAL_NEEDS', 'VariantConfig', 'EvaluateConfig', 'split_videos', 'Gallery',
            'build_gallery', 'check_triplets', 'evaluate_model', 'query_features', 'load_stage2_model', 'bootstrap_ci',
-           'breakdown', 'fingerprint_files', 'model_fingerprint', 'EvaluationRun', 'evaluate_variants',
-           'synthetic_benchmark', 'PrototypeModel']
+           'breakdown', 'paired_differences', 'fingerprint_files', 'model_fingerprint', 'EvaluationRun',
+           'evaluate_variants', 'synthetic_benchmark', 'PrototypeModel']
 
 # %% ../nbs/42_evaluate.ipynb #070f8e2c
 MODEL_NAMES = ("TF-CoVR-Base", "1-frame", "text-only", "video-only", "avg-fusion", "stage2-only")  # the table's rows
@@ -235,7 +235,7 @@ def _load_embeddings(folder: str | Path):
     return load_embeddings(folder)
 
 # %% ../nbs/42_evaluate.ipynb #0a59cf2b
-def bootstrap_ci(values: np.ndarray | Sequence[float],  # [n] per-query AP in [0, 1]
+def bootstrap_ci(values: np.ndarray | Sequence[float],  # [n] per-query AP in [0, 1] (or a difference of two)
                  n_resamples: int = 1000,               # resamples of the queries
                  confidence: float = 0.95,              # level of the percentile interval
                  seed: int = 0,                         # project seed
@@ -273,6 +273,28 @@ def breakdown(per_query: pd.DataFrame,      # `evaluate_model(...)["per_query"]`
     grp = per_query[col].astype(str).map(lambda d: DISCIPLINES.get(d, d)) if by == "discipline" else per_query[col].astype(str)
     return {g: bootstrap_ci(per_query.loc[grp == g, f"AP@{k}"].to_numpy(), n_resamples, confidence, seed, name, by, g)
             for g in _order(grp.unique().tolist(), by)}
+
+
+def paired_differences(per_query: Mapping[str, pd.DataFrame],  # model name -> per-query table (query_id, AP@K)
+                       reference: str,               # the model the others are compared with
+                       k: int = 10,                  # AP@K column
+                       n_resamples: int = 1000,      # bootstrap resamples
+                       confidence: float = 0.95,     # interval level
+                       seed: int = 0,                # project seed
+                      ) -> dict[str, dict[str, float]]:  # model -> {value, lo, hi, n, wins, losses}
+    "mAP@K of `reference` minus each other model's, with a paired bootstrap interval and the shares of queries won and lost."
+    if reference not in per_query: raise ValueError(f"reference {reference!r} is not among the models {list(per_query)}")
+    ref = per_query[reference].set_index("query_id")[f"AP@{k}"]
+    out = {}
+    for name, p in per_query.items():
+        if name == reference: continue
+        other = p.set_index("query_id")[f"AP@{k}"]
+        if len(other) != len(ref) or not other.index.sort_values().equals(ref.index.sort_values()):
+            raise ValueError(f"{name} and {reference} were not scored on the same queries")
+        d = ref.to_numpy() - other.reindex(ref.index).to_numpy()
+        out[name] = {**bootstrap_ci(d, n_resamples, confidence, seed, "paired", reference, name),
+                     "wins": float((d > 0).mean()), "losses": float((d < 0).mean())}
+    return out
 
 # %% ../nbs/42_evaluate.ipynb #0954ff3b
 def fingerprint_files(paths: Sequence[str | Path]) -> dict[str, Any]:
@@ -329,6 +351,8 @@ def evaluate_variants(cfg: EvaluateConfig,             # the `evaluate` section
     for by in ("modification_type", "discipline"):
         bd[by] = {n: breakdown(p, by, k, cfg.bootstrap, cfg.confidence, seed, n) for n, p in per_query.items()
                   if ("dataset" if by == "discipline" else by) in p.columns}
+    first = next(iter(per_query))
+    bd["paired"] = {"reference": first, "differences": paired_differences(per_query, first, k, cfg.bootstrap, cfg.confidence, seed)}
     gal = split_videos(videos, cfg.split)
     protocol = {
         "split": cfg.split,

@@ -182,8 +182,9 @@ class LLMModifier:
     "Modification texts from a chat-completions endpoint, cached, validated, with the rules as fallback."
     def __init__(self, cfg: LLMConfig, # the endpoint and how to call it
                  seed: int,             # the project seed (for the rule fallback)
+                 phrasing: str = "edit", # the rule fallback's phrasing (`RuleModifier`)
                 ):
-        self.cfg, self.rules, self.cache = cfg, RuleModifier(seed), LLMCache(cfg.cache_path)
+        self.cfg, self.rules, self.cache = cfg, RuleModifier(seed, phrasing), LLMCache(cfg.cache_path)
         self.version, self.url = prompt_version(cfg), f"{cfg.base_url}/chat/completions"
         self.stats: dict[str, Any] = {"llm": 0, "cache": 0, "fallback": 0, "retries": 0, "failures": Counter()}
         self._failed_in_row, self._warned = 0, False

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .attributes import Attributes, parse_label
 from .llm import LLMConfig, LLMModifier
-from .rules import MOD_TYPES, RuleModifier  # MOD_TYPES: the evaluator reads the types from here
+from .rules import MOD_TYPES, PHRASINGS, RuleModifier  # MOD_TYPES: the evaluator reads the types from here
 
 _log = logging.getLogger(__name__)
 
@@ -28,17 +28,19 @@ __all__ = ['PAIR_COLUMNS', 'OUT_COLUMNS', 'ModifyConfig', 'make_modifier', 'gene
 class ModifyConfig:
     "How the dataset builder writes modification texts (the `modify:` section of params.yaml)."
     generator: Literal["rule", "llm"] = "rule"                   # rule: offline templates; llm: chat endpoint + rule fallback
+    phrasing: Literal["edit", "pair"] = "edit"                   # rules: one phrasing per edit, or one draw per label pair
     llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)  # endpoint settings (read when generator is 'llm')
 
     def __post_init__(self):
         if self.generator not in ("rule", "llm"): raise ValueError(f"generator must be 'rule' or 'llm', got {self.generator!r}")
+        if self.phrasing not in PHRASINGS: raise ValueError(f"phrasing must be one of {PHRASINGS}, got {self.phrasing!r}")
 
 
 def make_modifier(cfg: ModifyConfig, # the modify section
                   seed: int,         # the project seed
                  ) -> RuleModifier | LLMModifier:
     "The generator `cfg` names."
-    return LLMModifier(cfg.llm, seed) if cfg.generator == "llm" else RuleModifier(seed)
+    return LLMModifier(cfg.llm, seed, cfg.phrasing) if cfg.generator == "llm" else RuleModifier(seed, cfg.phrasing)
 
 # %% ../nbs/13b_modify.ipynb #6dcd3091
 PAIR_COLUMNS = ("query_label_id", "target_label_id", "query_label", "target_label")

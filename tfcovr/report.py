@@ -25,9 +25,9 @@ from .pairing import save_figure
 from .video import load_clip, resolve_video
 
 # %% auto #0
-__all__ = ['GREEN', 'RED', 'GREY', 'results_markdown', 'breakdown_markdown', 'write_reports', 'choose_queries', 'frame_strip',
-           'plot_retrievals', 'load_strip_frames', 'retrieval_figure', 'plot_breakdown', 'plot_similarity',
-           'plot_results', 'ReportConfig', 'report_figures']
+__all__ = ['GREEN', 'RED', 'GREY', 'results_markdown', 'breakdown_markdown', 'paired_markdown', 'write_reports', 'choose_queries',
+           'frame_strip', 'plot_retrievals', 'load_strip_frames', 'retrieval_figure', 'plot_breakdown',
+           'plot_similarity', 'plot_results', 'ReportConfig', 'report_figures']
 
 # %% ../nbs/43_report.ipynb #68a559a6
 def results_markdown(rows: list[dict],                 # `EvaluationRun.rows`
@@ -60,6 +60,15 @@ def breakdown_markdown(bd: dict,                        # `EvaluationRun.breakdo
         lines.append(f"| {g} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
+
+def paired_markdown(bd: dict) -> str:  # `EvaluationRun.breakdown` (its `paired` entry)
+    "The reference model against each other one: difference, paired interval, queries won and lost."
+    p = bd["paired"]
+    lines = [f"| {p['reference']} minus | difference | interval | queries won | queries lost |", "|---|---:|---:|---:|---:|"]
+    for m, c in p["differences"].items():
+        lines.append(f"| {m} | {c['value']:+.2f} | [{c['lo']:+.2f}, {c['hi']:+.2f}] | {c['wins']:.0%} | {c['losses']:.0%} |")
+    return "\n".join(lines) + "\n"
+
 # %% ../nbs/43_report.ipynb #81009739
 def write_reports(run: EvaluationRun,               # output of `tfcovr.evaluate.evaluate_variants`
                   out_dir: str | Path = "reports",  # folder of the default file names below
@@ -80,6 +89,10 @@ def write_reports(run: EvaluationRun,               # output of `tfcovr.evaluate
     write_json(out["breakdown_json"], run.breakdown)
     with atomic_write(out["breakdown_md"]) as f:
         f.write(f"# {run.breakdown['metric']} with {run.breakdown['confidence']:.0%} bootstrap intervals over queries\n")
+        if run.breakdown.get("paired", {}).get("differences"):
+            f.write("\n## Paired differences\n\nThe same resampled queries for both models; an interval above 0: "
+                    f"{run.breakdown['paired']['reference']} is ahead beyond the noise of the query sample.\n\n"
+                    + paired_markdown(run.breakdown))
         for by in ("modification_type", "discipline"):
             if run.breakdown.get(by): f.write(f"\n## By {by.replace('_', ' ')}\n\n" + breakdown_markdown(run.breakdown, by))
     write_json(out["protocol_json"], run.protocol)

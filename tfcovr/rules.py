@@ -14,7 +14,7 @@ from .attributes import Attributes, diff_attributes
 from .core import rng
 
 # %% auto #0
-__all__ = ['MOD_TYPES', 'EVENT_NAMES', 'modification_type', 'Modification', 'RuleModifier']
+__all__ = ['MOD_TYPES', 'EVENT_NAMES', 'PHRASINGS', 'modification_type', 'Modification', 'edit_key', 'RuleModifier']
 
 # %% ../nbs/13_rules.ipynb #c5627640
 MOD_TYPES = ("turns", "somersaults", "twists", "position", "event", "direction", "element", "multiple", "other")
@@ -170,23 +170,39 @@ def _short(a: str | None, b: str | None) -> bool:
     return all(i2 - i1 <= 3 and j2 - j1 <= 3 for op, i1, i2, j1, j2 in ops if op != "equal")
 
 
+def edit_key(a: Attributes, # query label's attributes
+             b: Attributes, # target label's attributes
+            ) -> str:
+    "The edit from `a` to `b`, as text: each attribute that differs, with its old and new value."
+    return repr([(f, getattr(a, f), getattr(b, f)) for f in _fields(a, b)])
+
+
+PHRASINGS = ("edit", "pair")
+
+
 class RuleModifier:
     "Seeded template phrasing of the attribute difference between a query and a target label."
-    def __init__(self, seed: int): # the project seed
-        self.seed, self.stats = seed, {"rule": 0}
+    def __init__(self,
+                 seed: int,               # the project seed
+                 phrasing: str = "edit",  # edit: one phrasing per edit; pair: one draw per label pair
+                ):
+        if phrasing not in PHRASINGS: raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
+        self.seed, self.phrasing, self.stats = seed, phrasing, {"rule": 0}
 
     def generate(self,
                  query_text: str,          # query label text
                  target_text: str,         # target label text
                  query_attrs: Attributes,  # parsed query label
                  target_attrs: Attributes, # parsed target label
-                 query_id: Any,            # query label id (keys the pair's random generator)
+                 query_id: Any,            # query label id (keys the generator with `phrasing="pair"`)
                  target_id: Any,           # target label id
                 ) -> Modification:
         "The modification text turning the query into the target, with its type."
-        r = rng(self.seed, "modify", query_id, target_id)
-        pick = lambda xs: xs[int(r.integers(len(xs)))]
         a, b = query_attrs, target_attrs
+        if self.phrasing == "pair": keys = (query_id, target_id)
+        else: keys = (edit,) if (edit := edit_key(a, b)) != "[]" else (query_text, target_text)  # no attribute: the words
+        r = rng(self.seed, "modify", *keys)
+        pick = lambda xs: xs[int(r.integers(len(xs)))]
         fields = _fields(a, b)
         if len(fields) > 1 and "detail" in fields and not _short(a.detail, b.detail): fields.remove("detail")
         said = [(f, *_phrases(f, a, b, query_text, target_text, "entry_turns" in fields)) for f in fields]

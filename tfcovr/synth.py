@@ -76,8 +76,8 @@ SUB_ACTIONS: dict[int, str] = dict(enumerate([
 SUB_ACTION_IDS = {v: k for k, v in SUB_ACTIONS.items()}
 _DIVE_DIR = ["forward", "backward", "reverse", "inward"]
 _DIVE_POS = {"a": ("straight", "Straight"), "b": ("pike", "Pike"), "c": ("tuck", "Tuck"), "d": ("free", "Pike")}
-_DD = {"101b": 1.5, "103b": 1.6, "103c": 1.5, "201a": 2.0, "201b": 1.8, "301b": 1.9, "401b": 2.0, "403b": 2.0,
-       "5231d": 2.0, "5233d": 2.4}   # degree of difficulty, as FineDiving lists these dives
+_DD = {"101b": 1.5, "103b": 1.6, "103c": 1.5, "201a": 2.0, "201b": 1.8, "301b": 1.9, "303c": 2.0, "401b": 2.0,
+       "403b": 2.0, "5231d": 2.0, "5233d": 2.4}   # degree of difficulty (FineDiving's, where it lists the dive)
 
 
 def dive_sub_actions(number: str) -> list[str]:
@@ -112,16 +112,23 @@ VOCAB: tuple[Action, ...] = (
     _gym("FX_salto_f_tuck", "FX", 24, 163, "salto forward tucked", "salto", "forward", "tucked", 1, 0),
     _gym("FX_dsalto_f_tuck", "FX", 24, 159, "double salto forward tucked", "salto", "forward", "tucked", 2, 0),
     _gym("FX_salto_f_pike", "FX", 24, 168, "salto forward piked", "salto", "forward", "piked", 1, 0),
+    _gym("FX_dsalto_f_pike", "FX", 24, 166, "double salto forward piked", "salto", "forward", "piked", 2, 0),
+    _gym("FX_salto_f_str_t05", "FX", 24, 175, "salto forward stretched with 0.5 twist", "salto", "forward", "stretched", 1, 0.5),
+    _gym("FX_salto_f_str_t1", "FX", 24, 172, "salto forward stretched with 1 twist", "salto", "forward", "stretched", 1, 1),
+    _gym("FX_salto_f_str_t15", "FX", 24, 174, "salto forward stretched with 1.5 twist", "salto", "forward", "stretched", 1, 1.5),
+    _gym("FX_dsalto_b_tuck_t1", "FX", 25, 192, "double salto backward tucked with 1 twist", "salto", "backward", "tucked", 2, 1),
     _gym("FX_turn_1", "FX", 22, 148, f"1 {_TURN}", "turn", None, None, None, 1),
     _gym("FX_turn_2", "FX", 22, 147, f"2 {_TURN}", "turn", None, None, None, 2),
     _gym("BB_salto_b_tuck", "BB", 33, 290, "salto backward tucked", "salto", "backward", "tucked", 1, 0),
     _gym("BB_salto_b_pike", "BB", 33, 293, "salto backward piked", "salto", "backward", "piked", 1, 0),
     _gym("BB_salto_b_tuck_t1", "BB", 33, 289, "salto backward tucked with 1 twist", "salto", "backward", "tucked", 1, 1),
+    _gym("BB_salto_b_str_t1", "BB", 33, 296, "salto backward stretched with 1 twist", "salto", "backward", "stretched", 1, 1),
     _gym("BB_turn_1", "BB", 32, 272, f"1 {_TURN}", "turn", None, None, None, 1),
     _gym("BB_turn_2", "BB", 32, 270, f"2 {_TURN}", "turn", None, None, None, 2),
     _gym("VT_hs_tuck", "VT", 1, 59, "handspring forward on, tucked salto forward off", "vault", "forward", "tucked", 1, 0),
     _gym("VT_hs_tuck_t1", "VT", 1, 57, "handspring forward on, tucked salto forward with 1 turn off", "vault", "forward", "tucked", 1, 1),
     _gym("VT_hs_pike", "VT", 1, 53, "handspring forward on, piked salto forward off", "vault", "forward", "piked", 1, 0),
+    _gym("VT_hs_pike_t1", "VT", 1, 52, "handspring forward on, piked salto forward with 1 turn off", "vault", "forward", "piked", 1, 1),
     _gym("UB_giant_b", "UB", 41, 416, "giant circle backward", "circle", "backward", None, None, 0),
     _gym("UB_giant_b_t1", "UB", 41, 411, "giant circle backward with 1 turn to handstand", "circle", "backward", None, None, 1),
     _gym("UB_dis_dsalto_b_tuck", "UB", 44, 483, "(swing forward) double salto backward tucked", "dismount", "backward", "tucked", 2, 0),
