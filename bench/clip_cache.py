@@ -16,10 +16,7 @@ import torch
 
 from tfcovr.clips import ClipDataset, class_index, params_roots
 
-
-def cpu_name() -> str:
-    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): return "unknown CPU"
+from machine import cpu_name
 
 
 def epoch_seconds(ds: ClipDataset, epoch: int) -> tuple[float, list[torch.Tensor]]:

@@ -22,11 +22,7 @@ from PIL import Image
 
 from tfcovr.video import load_clip, resize_clip, segment_indices, write_mp4
 
-
-def cpu_name() -> str:
-    "The CPU model (from /proc/cpuinfo on Linux), else platform.processor()."
-    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
+from machine import cpu_name
 
 
 def make_clip(n: int, seed: int, h: int = 240, w: int = 320) -> np.ndarray:

@@ -27,18 +27,15 @@ import tracemalloc
 
 import numpy as np
 
+from machine import cpu_name
+
 KS = (5, 10, 25, 50)
 
 
 def machine() -> str:
     "CPU model, cores visible, torch threads and RAM of this machine."
     import torch
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip(); break
-    except OSError: pass
+    model = cpu_name()
     mem = ""
     try:
         kb = int(next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1])

@@ -10,7 +10,6 @@ backbone, 306 classes) with bf16 autocast against fp32. Without a GPU that part 
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -21,11 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-
-def cpu_name() -> str:
-    "The CPU model (from /proc/cpuinfo on Linux), else platform.processor()."
-    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
+from machine import cpu_name
 
 
 def rss_mib() -> float:
