@@ -174,7 +174,11 @@ def edit_key(a: Attributes, # query label's attributes
              b: Attributes, # target label's attributes
             ) -> str:
     "The edit from `a` to `b`, as text: each attribute that differs, with its old and new value."
-    return repr([(f, getattr(a, f), getattr(b, f)) for f in _fields(a, b)])
+    return _edit(a, b, _fields(a, b))
+
+
+def _edit(a: Attributes, b: Attributes, fields: list[str]) -> str:
+    return repr([(f, getattr(a, f), getattr(b, f)) for f in fields])
 
 
 PHRASINGS = ("edit", "pair")
@@ -199,11 +203,11 @@ class RuleModifier:
                 ) -> Modification:
         "The modification text turning the query into the target, with its type."
         a, b = query_attrs, target_attrs
+        fields = _fields(a, b)
         if self.phrasing == "pair": keys = (query_id, target_id)
-        else: keys = (edit,) if (edit := edit_key(a, b)) != "[]" else (query_text, target_text)  # no attribute: the words
+        else: keys = (_edit(a, b, fields),) if fields else (query_text, target_text)  # no attribute: the words
         r = rng(self.seed, "modify", *keys)
         pick = lambda xs: xs[int(r.integers(len(xs)))]
-        fields = _fields(a, b)
         if len(fields) > 1 and "detail" in fields and not _short(a.detail, b.detail): fields.remove("detail")
         said = [(f, *_phrases(f, a, b, query_text, target_text, "entry_turns" in fields)) for f in fields]
         said = [(f, cs, ims) for f, cs, ims in said if cs and ims]
