@@ -34,10 +34,10 @@ def main() -> None:
     rows = []
     for path in args.pairs:
         pairs = pd.read_parquet(path)
+        labels = pd.concat([pairs.query_label_id, pairs.target_label_id]).nunique()
         for phrasing in PHRASINGS:
             mods = generate_modifications(pairs, None, ModifyConfig(phrasing=phrasing), args.seed, progress=False)
-            rows.append({"pairs table": path, "labels": pd.concat([pairs.query_label_id, pairs.target_label_id]).nunique(),
-                         "phrasing": phrasing, **ambiguity(mods)})
+            rows.append({"pairs table": path, "labels": labels, "phrasing": phrasing, **ambiguity(mods)})
     df = pd.DataFrame(rows)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
