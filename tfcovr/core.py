@@ -5,13 +5,16 @@
 # %% ../nbs/00_core.ipynb #4cc92c1a
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import socket
 import tempfile
 import types
 from collections.abc import Iterator, Mapping
@@ -22,9 +25,10 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['ParamsError', 'from_dict', 'to_dict', 'read_yaml', 'load_params', 'derive_seed', 'rng', 'seed_everything',
-           'get_device', 'atomic_path', 'atomic_write', 'atomic_dir', 'write_json', 'file_sha256', 'stable_hash',
-           'find_root', 'Layout']
+__all__ = ['DEVICES', 'TMPDIR_ENV', 'ParamsError', 'from_dict', 'to_dict', 'read_yaml', 'load_params', 'derive_seed', 'rng',
+           'set_threads', 'seed_everything', 'check_device', 'get_device', 'file_sha256', 'stable_hash', 'find_root',
+           'Layout', 'set_output_mode', 'temp_root', 'clean_temporaries', 'atomic_path', 'atomic_write', 'atomic_dir',
+           'write_json']
 
 # %% ../nbs/00_core.ipynb #10f49321
 class ParamsError(ValueError):
@@ -34,6 +38,19 @@ class ParamsError(ValueError):
 def _type_name(tp) -> str:
     if get_origin(tp) is Literal: return " | ".join(repr(a) for a in get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+_TEXT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _float_hint(value: Any) -> str:
+    "Why YAML 1.1 read a number such as `3e-4` as text, and how to write it; '' for any other value."
+    if not isinstance(value, str) or not _TEXT_FLOAT.fullmatch(value.strip()): return ""
+    mant, exp = re.split("[eE]", value.strip())
+    if "." not in mant: mant += ".0"
+    if exp[0] not in "+-": exp = "+" + exp
+    plain = repr(float(value))
+    return f" (YAML reads {value} as text: write {mant}e{exp}" + ("" if "e" in plain else f" or {plain}") + ")"
 
 
 def _coerce(tp, value, where: str):
@@ -47,7 +64,8 @@ def _coerce(tp, value, where: str):
             if a is type(None): continue
             try: return _coerce(a, value, where)
             except ParamsError: pass
-        raise ParamsError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        hint = _float_hint(value) if float in args else ""
+        raise ParamsError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}{hint}")
     if origin is Literal:
         if value in args: return value
         raise ParamsError(f"{where}: expected one of {_type_name(tp)}, got {value!r}")
@@ -74,7 +92,7 @@ def _coerce(tp, value, where: str):
     elif tp is Path:
         if isinstance(value, (str, Path)): return Path(value)
     elif isinstance(tp, type) and isinstance(value, tp): return value
-    raise ParamsError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    raise ParamsError(f"{where}: expected {_type_name(tp)}, got {value!r}{_float_hint(value) if tp is float else ''}")
 
 # %% ../nbs/00_core.ipynb #ff023daa
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
@@ -89,8 +107,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         if k not in data: raise ParamsError(f"{where}.{k}: missing key")
     kwargs = {k: _coerce(hints[k], data[k], f"{where}.{k}") for k in names}
     try: return cls(**kwargs)
-    except ParamsError: raise
-    except (ValueError, TypeError) as e: raise ParamsError(f"{where}: {e}") from None
+    except (ValueError, TypeError) as e: raise ParamsError(f"{where}: {e}") from None  # ParamsError included: add the key path
 
 
 def to_dict(obj: Any) -> Any:
@@ -102,11 +119,44 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 # %% ../nbs/00_core.ipynb #4fce4ac7
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(node: yaml.Node, path: Path) -> None:
+    "Raise naming the dotted key and its lines when a mapping of the YAML document `node` holds a key twice."
+    todo, done = [(node, "")], set()
+    while todo:
+        n, where = todo.pop()
+        if id(n) in done: continue  # an alias: checked where its anchor is
+        done.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            first: dict[tuple, int] = {}
+            for k, v in n.value:
+                if k.tag == _MERGE: todo.append((v, where)); continue
+                name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                here = f"{where}.{name}" if where else name
+                if isinstance(k, yaml.ScalarNode):
+                    if (k.tag, k.value) in first:
+                        raise ParamsError(f"{path}: line {k.start_mark.line + 1}: {here}: duplicate key (first at line "
+                                          f"{first[k.tag, k.value]}; YAML would keep only the last value)")
+                    first[k.tag, k.value] = k.start_mark.line + 1
+                todo.append((v, here))
+        elif isinstance(n, yaml.SequenceNode):
+            todo.extend((v, f"{where}[{i}]") for i, v in enumerate(n.value))
+
+
 def read_yaml(path: str | Path) -> Any:
-    "Parse a YAML file; a syntax error names the file and line."
+    "Parse a YAML file; a syntax error or a repeated key names the file and line."
     path = Path(path)
     if not path.exists(): raise ParamsError(f"{path}: file not found")
-    try: return yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            if node is None: return None
+            _check_unique_keys(node, path)
+            return loader.construct_document(node)
+        finally: loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -140,81 +190,60 @@ def rng(seed: int, *keys: Any) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, *keys))
 
 
-def seed_everything(seed: int) -> None:
+def set_threads(n: int,                  # intra-op CPU threads (params.yaml `threads`)
+                where: str = "threads",  # the parameter's name in error messages
+               ) -> None:
+    "Fix torch's intra-op CPU threads at `n` and ask for deterministic algorithms where torch has them."
+    import torch
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ParamsError(f"{where}: expected an int >= 1, got {n!r}")
+    torch.set_num_threads(n)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: deterministic matmuls
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def seed_everything(seed: int,                # the project seed
+                    threads: int | None = None,  # also `set_threads(threads)` when given
+                   ) -> None:
     "Seed python's, numpy's and torch's global generators (all CUDA devices included)."
     import torch
+    if threads is not None: set_threads(threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
 
 # %% ../nbs/00_core.ipynb #40e3878b
-def get_device(device: str = "auto") -> "torch.device":
-    "`'auto'` picks CUDA when present, else CPU; asking for CUDA without one is an error."
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # the device names parameters accept
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(value: Any,              # a device name from a config
+                 where: str = "device",   # its key, for the message
+                ) -> str:                 # `value`, unchanged
+    "Raise `ParamsError` naming `where` unless `value` is one of `DEVICES` (any N)."
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ParamsError(f"{where}: {value!r} is not a device (allowed: {', '.join(DEVICES)})")
+    return value
+
+
+def get_device(device: Any = "auto",      # a name of `DEVICES`, or a torch.device
+               where: str = "device",     # its key, for the message
+              ) -> "torch.device":
+    "`'auto'` picks CUDA when present, else CPU; an unknown name, or a device this machine lacks, raises `ParamsError`."
     import torch
+    if isinstance(device, torch.device): device = str(device)
+    check_device(device, where)
     if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0: raise ParamsError(f"{where}: {device!r} asks for CUDA, but torch finds no CUDA device on this machine (use auto or cpu)")
+        if dev.index is not None and dev.index >= n:
+            raise ParamsError(f"{where}: {device!r} asks for CUDA device {dev.index}, but this machine has {n} (cuda:0 to cuda:{n - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ParamsError(f"{where}: 'mps' asks for Apple's GPU, but torch finds none on this machine (use auto or cpu)")
     return dev
-
-# %% ../nbs/00_core.ipynb #b97173fa
-def _umask() -> int:
-    mask = os.umask(0); os.umask(mask)
-    return mask
-
-
-def _tmp_name(path: Path) -> Path:
-    "A new empty file beside `path`, readable like any file the user creates (mkstemp alone makes it 0600)."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
-    return Path(tmp)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    "Yield a temporary path beside `path`; on success rename it to `path`, on error delete it."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError): tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
-    "Open a temporary file for writing; it replaces `path` only if the block succeeds."
-    with atomic_path(path) as tmp:
-        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            f.flush(); os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    "Yield an empty temporary folder; on success it replaces folder `path` (old content removed)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old"))
-            os.replace(path, old / "x"); shutil.rmtree(old)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp)
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    "Write `obj` as indented JSON, atomically."
-    with atomic_write(path) as f: json.dump(obj, f, indent=2, sort_keys=False); f.write("\n")
-    return Path(path)
 
 # %% ../nbs/00_core.ipynb #d20dd487
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -257,3 +286,144 @@ class Layout:
     def embeddings(self) -> Path: return self.root / "embeddings"
     @property
     def reports(self) -> Path: return self.root / "reports"
+
+# %% ../nbs/00_core.ipynb #b97173fa
+TMPDIR_ENV = "TFCOVR_TMPDIR"   # environment variable naming the folder of temporaries
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+_OWN: dict[tuple[Path, int], Path] = {}  # (temp root, pid) -> this process's subfolder
+
+
+def _umask() -> int:
+    "The process's umask, read from /proc where it can be (setting it to read it is not thread-safe)."
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
+
+def set_output_mode(path: str | Path) -> None:  # a file, or a folder (with everything in it)
+    "Give `path` the mode of a plain new file (`0666 & ~umask`) or folder (`0777 & ~umask`); links are left alone."
+    path, mask = Path(path), _umask()
+    if path.is_symlink() or not path.exists(): return
+    if not path.is_dir(): os.chmod(path, 0o666 & ~mask); return
+    os.chmod(path, 0o777 & ~mask)
+    for top, dirs, files in os.walk(path):
+        for n in dirs + files:
+            p = os.path.join(top, n)
+            if not os.path.islink(p): os.chmod(p, (0o777 if n in dirs else 0o666) & ~mask)
+
+
+def _process_tag(pid: int) -> str | None:
+    "The start time of process `pid` ('0' where the OS does not say); None when no such process runs."
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError: return None if Path("/proc/self/stat").exists() else _process_tag_by_signal(pid)
+    except (OSError, IndexError): return _process_tag_by_signal(pid)
+
+
+def _process_tag_by_signal(pid: int) -> str | None:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return None
+    except OSError: pass  # it runs, as another user
+    return "0"
+
+
+def temp_root() -> Path | None:
+    "The folder of atomic writes' temporaries: `$TFCOVR_TMPDIR`, else `.tmp` in the project root; None outside a project."
+    if os.environ.get(TMPDIR_ENV): return Path(os.environ[TMPDIR_ENV]).absolute()
+    try: return find_root() / ".tmp"
+    except FileNotFoundError: return None
+
+
+def clean_temporaries(root: str | Path | None = None,  # the folder of temporaries (default: `temp_root()`)
+                     ) -> list[Path]:                   # the subfolders removed
+    "Remove the temporaries of this host's processes that are gone (a write killed half-way)."
+    root = Path(root) if root is not None else temp_root()
+    if root is None or not root.is_dir(): return []
+    gone = []
+    for d in root.iterdir():
+        parts = d.name.rsplit("-", 2)  # host, pid, start time
+        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit(): continue
+        now = _process_tag(int(parts[1]))
+        if now is None or (parts[2] != "0" and now != parts[2]):
+            shutil.rmtree(d, ignore_errors=True); gone.append(d)
+    return gone
+
+
+def _own_folder(root: Path) -> Path:
+    "This process's subfolder of `root`, created (and emptied of an earlier process's files) on first use."
+    pid = os.getpid()
+    d = _OWN.get((root, pid))
+    if d is None or not d.is_dir():
+        d = root / f"{_HOST}-{pid}-{_process_tag(pid) or '0'}"
+        if (root, pid) not in _OWN and d.exists(): shutil.rmtree(d, ignore_errors=True)  # same pid, no start time
+        d.mkdir(parents=True, exist_ok=True)
+        _OWN[root, pid] = d
+    return d
+
+
+@atexit.register
+def _remove_own_folders() -> None:
+    for (root, pid), d in list(_OWN.items()):
+        if pid == os.getpid(): shutil.rmtree(d, ignore_errors=True)
+
+
+def _temp_dir(path: Path) -> Path:
+    "Where the temporary of target `path` goes: this process's folder of `temp_root()` on the target's filesystem, else beside it."
+    root = temp_root()
+    if root is not None:
+        with contextlib.suppress(OSError):
+            root.mkdir(parents=True, exist_ok=True)
+            target = path.resolve()
+            if root.stat().st_dev == path.parent.stat().st_dev and not root.resolve().is_relative_to(target):
+                clean_temporaries(root)
+                return _own_folder(root)
+    return path.parent
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    "Yield a temporary path outside every output; on success rename it to `path`, on error delete it."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=_temp_dir(path), prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        set_output_mode(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError): tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
+    "Open a temporary file for writing; it replaces `path` only if the block succeeds."
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush(); os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    "Yield an empty temporary folder outside every output; on success it replaces folder `path` (old content removed)."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=_temp_dir(path), prefix=f".{path.name}.tmp"))
+    try:
+        yield tmp
+        set_output_mode(tmp)
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=f".{path.name}.old"))
+            os.replace(path, old / "x"); shutil.rmtree(old)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    "Write `obj` as indented JSON, atomically."
+    with atomic_write(path) as f: json.dump(obj, f, indent=2, sort_keys=False); f.write("\n")
+    return Path(path)
