@@ -1,6 +1,8 @@
 """Video loading end to end: real H.264 files and JPEG folders written here, read back frame-exact; writing mp4s
 reproducibly."""
 import pickle
+import warnings
+from fractions import Fraction
 import re
 import subprocess
 import sys
@@ -14,8 +16,8 @@ import torch
 from PIL import Image
 
 from tfcovr.core import rng
-from tfcovr.video import (VideoError, check_main, check_videos, load_clip, resize_clip, resolve_video,
-                          segment_indices, video_length, write_mp4)
+from tfcovr.video import (ShortVideoWarning, VideoError, check_main, check_video, check_videos, load_clip, resize_clip,
+                          resolve_video, segment_indices, video_length, write_mp4)
 
 
 def ramp(n: int, h: int = 32, w: int = 40) -> np.ndarray:
@@ -121,10 +123,27 @@ def test_resize_short_side_crop_and_exact(videos):
 
 
 def test_short_videos_repeat_frames_unless_min_frames(videos):
-    assert ids(load_clip(videos / "ramp7.mp4", 12)) == [0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 6, 6]
+    assert ids(load_clip(videos / "ramp7.mp4", 12, short="repeat")) == [0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 6, 6]
     with pytest.raises(VideoError, match=r"ramp7\.mp4: 7 frames, fewer than the 12 required"):
         load_clip(videos / "ramp7.mp4", 12, min_frames=12)
     assert load_clip(videos / "ramp7.mp4", 7, min_frames=7).shape[0] == 7
+
+
+def test_short_video_warns_once_per_video_raises_or_repeats_quietly(tmp_path):
+    write_mp4(tmp_path / "five.mp4", ramp(5)); jpeg_folder(tmp_path / "dive", ramp(3))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for seed in range(3): load_clip(tmp_path / "five.mp4", 8, mode="random", rng=seed)   # one warning, not three
+        assert ids(load_clip(tmp_path / "dive", 4)) == [0, 1, 1, 2]
+        quiet = load_clip(tmp_path / "five.mp4", 8, short="repeat")
+    assert [str(w.message) for w in seen] == [
+        f"{tmp_path / 'five.mp4'}: 5 frames, fewer than the 8 requested; the clip repeats frames",
+        f"{tmp_path / 'dive'}: 3 frames, fewer than the 4 requested; the clip repeats frames"]
+    assert all(w.category is ShortVideoWarning for w in seen)
+    assert torch.equal(quiet, load_clip(tmp_path / "five.mp4", 8))                 # the same frames either way
+    with pytest.raises(VideoError, match=r"dive: 3 frames, fewer than the 4 a clip needs"):
+        load_clip(tmp_path / "dive", 4, short="error")
+    assert load_clip(tmp_path / "dive", 3, short="error").shape[0] == 3
 
 
 @pytest.mark.parametrize("name,message", [
@@ -167,7 +186,7 @@ def test_clips_load_in_data_loader_workers_and_errors_keep_their_type(videos):
 
 def test_check_videos_lists_every_problem_quietly(videos, capfd):
     keys = ["ramp20", "missing", "empty", "noise", "cut", "fscut", "comp/1", "comp/2", "ramp7"]
-    probs = check_videos(keys, root=videos, n=12, deep=True, workers=2, progress=False)
+    probs = check_videos(keys, root=videos, n=12, workers=2, progress=False)
     assert probs.video.tolist() == ["missing", "empty", "noise", "cut", "fscut", "comp/2"]
     assert probs.path.tolist()[1:] == [str(videos / f"{k}.mp4") for k in ("empty", "noise", "cut", "fscut")] + [
         str(videos / "comp" / "2")]
@@ -196,6 +215,53 @@ def test_check_command_on_a_labels_table(videos, tmp_path, capsys):
     assert check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--workers", "2"]) == 0
     assert check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--column", "nope"]) == 2
     assert "no column 'nope'" in capsys.readouterr().err
+
+
+def intra_mp4(path: Path, frames: np.ndarray, damaged: int | None = None) -> Path:
+    "An mp4 of key frames only (each frame decodes on its own), with frame `damaged`'s data zeroed in place."
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"x264-params": "keyint=1", "threads": "1"}
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, 25)
+            c.mux(s.encode(vf))
+        c.mux(s.encode())
+    if damaged is not None:
+        with av.open(str(path)) as c:
+            packets = sorted((p.pts, p.pos, p.size) for p in c.demux(video=0) if p.size)
+        _, pos, size = packets[damaged]
+        data = bytearray(path.read_bytes()); data[pos:pos + size] = bytes(size)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def test_check_reads_every_frame_and_names_the_broken_one(tmp_path, capsys):
+    "A broken frame away from the segment centres is found by the default check, which names the video and the frame."
+    jpeg_folder(tmp_path / "comp" / "3", ramp(30))
+    (tmp_path / "comp" / "3" / "00011.jpg").write_bytes(b"\xff\xd8\xff not a frame")
+    assert 11 not in {0, 29, *segment_indices(30, 2).tolist()}                   # no frame the fast check reads
+    frames = np.concatenate([ramp(50)] * 4)                                      # 200 frames
+    intra_mp4(tmp_path / "mid.mp4", frames, damaged=8)
+    intra_mp4(tmp_path / "tail.mp4", frames, damaged=199)
+    intra_mp4(tmp_path / "good.mp4", frames)
+    assert check_video(tmp_path / "mid.mp4", n=2).startswith("cannot decode frame 8 (of 200): Invalid data")
+    assert check_video(tmp_path / "tail.mp4", n=2).startswith("cannot decode frame 199 (of 200): Invalid data")
+    assert check_video(tmp_path / "good.mp4", n=2) is None
+    (tmp_path / "keys.txt").write_text("comp/3\nmid\ngood\ntail\n")
+    assert check_main([str(tmp_path / "keys.txt"), "--root", str(tmp_path), "-n", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        f"{tmp_path / 'comp' / '3'}: 00011.jpg: corrupt JPEG frame: UnidentifiedImageError: "
+        f"cannot identify image file '{tmp_path / 'comp' / '3' / '00011.jpg'}'",
+        f"{tmp_path / 'mid.mp4'}: cannot decode frame 8 (of 200): Invalid data found when processing input",
+        f"{tmp_path / 'tail.mp4'}: cannot decode frame 199 (of 200): Invalid data found when processing input"]
+    assert "3 of 4 videos unreadable (every frame decoded)" in err
+    # --fast reads the first, last and centre frames only: the folder's frame 11 is none of them
+    assert check_main([str(tmp_path / "keys.txt"), "--root", str(tmp_path), "-n", "2", "--fast"]) == 1
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'comp' / '3'}:" not in out and "(--fast)" in err
 
 
 WRITE_IN_CHILD = """

@@ -9,6 +9,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -27,8 +28,9 @@ from .core import atomic_path
 decord.logging.set_level(decord.logging.QUIET)  # errors reach the caller as VideoError, not as stderr noise
 
 # %% auto #0
-__all__ = ['VideoError', 'segment_indices', 'resize_clip', 'load_clip', 'video_length', 'write_mp4', 'resolve_video',
-           'check_video', 'check_videos', 'add_check_args', 'run_check', 'check_main']
+__all__ = ['SHORT', 'VideoError', 'segment_indices', 'resize_clip', 'ShortVideoWarning', 'handle_short', 'load_clip',
+           'video_length', 'write_mp4', 'resolve_video', 'check_video', 'check_videos', 'add_check_args', 'run_check',
+           'check_main']
 
 # %% ../nbs/01_video.ipynb #04929783
 class VideoError(ValueError):
@@ -43,7 +45,7 @@ class VideoError(ValueError):
 def _short(e: BaseException) -> str:
     "The last line of a library's error message, without decord's `[time] file.cc:line:` prefix."
     lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
-    return re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", lines[-1])[:200]
+    return re.sub(r"^(\[[\d:]+\]\s+\S+:\d+:\s*)+", "", lines[-1])[:200]
 
 # %% ../nbs/01_video.ipynb #70809552
 def segment_indices(num_frames_total: int,  # frames in the video, L >= 1
@@ -156,19 +158,46 @@ def _span(idx: Sequence[int]) -> str:
     return str(idx) if len(idx) <= 4 else f"{min(idx)}..{max(idx)}"
 
 # %% ../nbs/01_video.ipynb #b278e9f6
+SHORT = ("warn", "error", "repeat")   # what a video shorter than the clip does: warn and repeat, raise, repeat quietly
+
+
+class ShortVideoWarning(UserWarning):
+    "A video has fewer frames than a clip needs, so the clip repeats frames."
+
+
+_warned_short: set[str] = set()   # videos already warned about in this process
+
+
+def handle_short(path: str | Path,  # the video, named in the warning or error
+                 length: int,  # its frames
+                 n: int,  # frames the clip needs
+                 short: str = "warn",  # "warn", "error" or "repeat" (see `SHORT`)
+                ) -> None:
+    "Apply the short-video rule when `length < n`: warn once per video, raise a `VideoError`, or nothing."
+    if short not in SHORT: raise ValueError(f"short must be one of {', '.join(SHORT)}, got {short!r}")
+    if length >= n or short == "repeat": return
+    if short == "error": raise VideoError(path, f"{length} frames, fewer than the {n} a clip needs")
+    if str(path) in _warned_short: return
+    _warned_short.add(str(path))
+    warnings.warn(f"{path}: {length} frames, fewer than the {n} requested; the clip repeats frames", ShortVideoWarning, stacklevel=3)
+
+
 def load_clip(path: str | Path,  # an mp4 (any decord-readable file) or a folder of JPEG frames
               n: int,  # frames to sample
               size: int | tuple[int, int] | None = None,  # see `resize_clip`
               mode: str = "center",  # "center" or "random" (see `segment_indices`)
               rng: np.random.Generator | int | None = None,  # generator or seed for mode="random"
-              min_frames: int = 1,  # fewer frames than this is a VideoError; pass n to forbid repeats
+              min_frames: int = 1,  # fewer frames than this is a VideoError
               threads: int = 1,  # decord decoding threads (0: decord's choice)
+              short: str = "warn",  # fewer than `n` frames: "warn" and repeat, "error", or "repeat" quietly
              ) -> torch.Tensor:  # [n, H, W, 3] uint8
     "Load `n` frames of a video, one per equal segment, resized; unreadable videos raise `VideoError`."
     path = Path(path)
+    if short not in SHORT: raise ValueError(f"short must be one of {', '.join(SHORT)}, got {short!r}")
     length, decode = _open(path, threads)
     need = max(1, int(min_frames))
     if length < need: raise VideoError(path, f"{length} frames, fewer than the {need} required")
+    handle_short(path, length, n, short)
     idx = segment_indices(length, n, mode, rng)
     return resize_clip(_decode(path, decode, idx), size)
 
@@ -176,6 +205,7 @@ def load_clip(path: str | Path,  # an mp4 (any decord-readable file) or a folder
 def video_length(path: str | Path) -> int:
     "Number of frames of an mp4 file (from its container) or of a frame folder (its JPEG files)."
     return _open(Path(path))[0]
+
 
 # %% ../nbs/01_video.ipynb #230c3703
 def write_mp4(path: str | Path,  # the mp4 to write
@@ -218,18 +248,45 @@ def resolve_video(root: str | Path,  # the dataset's video folder
     raise VideoError(folder, f"video not found: neither {mp4} nor {folder}{os.sep} exists")
 
 # %% ../nbs/01_video.ipynb #f5710d3d
+def _first_bad_frame(path: Path) -> str | None:
+    "'cannot decode frame k (of L): why' for the first frame PyAV cannot decode, in display order; None when all do."
+    import av
+    pts, bad = [], None
+    try:
+        with av.open(str(path)) as c:
+            st = c.streams.video[0]
+            st.codec_context.thread_count = 1                     # errors arrive with their own packet
+            for pkt in c.demux(st):
+                if pkt.pts is None or not pkt.size: continue      # the demuxer's closing empty packet
+                pts.append(pkt.pts)
+                if bad is None:
+                    try: pkt.decode()
+                    except Exception as e: bad = (pkt.pts, getattr(e, "strerror", None) or _short(e))
+    except Exception: return None                                 # the container itself: decord's error stands
+    if bad is None: return None
+    return f"cannot decode frame {sorted(pts).index(bad[0])} (of {len(pts)}): {bad[1]}"
+
+
 def check_video(path: str | Path,  # an mp4 file or a frame folder
                 n: int = 12,  # frames the models sample
                 min_frames: int = 1,  # as in `load_clip`
-                deep: bool = False,  # decode every frame, not only the sampled ones
+                fast: bool = False,  # decode only the first, last and centre frames, not every frame
                ) -> str | None:  # the problem, or None when the video reads
-    "The problem that makes a video unreadable, or None."
+    "The problem that makes a video unreadable, or None; every frame is decoded unless `fast`."
     path = Path(path)
     try:
         length, decode = _open(path, probe=True)
         if length < max(1, min_frames): return f"{length} frames, fewer than the {max(1, min_frames)} required"
-        idx = list(range(length)) if deep else sorted({0, length - 1, *segment_indices(length, n).tolist()})
-        for s in range(0, len(idx), 32): _decode(path, decode, idx[s:s + 32])
+        idx = sorted({0, length - 1, *segment_indices(length, n).tolist()}) if fast else list(range(length))
+        size = None
+        for s in range(0, len(idx), 32):
+            try: x = _decode(path, decode, idx[s:s + 32])
+            except VideoError as e:
+                if Path(e.path) != path or path.is_dir(): raise
+                raise VideoError(path, _first_bad_frame(path) or e.problem) from None
+            if size is None: size = tuple(x.shape[1:3])
+            elif tuple(x.shape[1:3]) != size:
+                return f"frames differ in size: frame {idx[s]} is {x.shape[2]}x{x.shape[1]}, frame 0 is {size[1]}x{size[0]}"
     except VideoError as e:
         return e.problem if Path(e.path) == path else f"{Path(e.path).name}: {e.problem}"
     except Exception as e:  # never stop a check: report what the decoder raised
@@ -241,7 +298,7 @@ def check_videos(videos: Sequence[str | Path],  # keys (with `root`) or paths
                  root: str | Path | Sequence[str | Path] | None = None,  # one root, one per video, or None
                  n: int = 12,  # frames the models sample
                  min_frames: int = 1,  # as in `load_clip`
-                 deep: bool = False,  # decode every frame
+                 fast: bool = False,  # decode only the first, last and centre frames
                  workers: int = 1,  # videos checked in parallel (threads)
                  progress: bool = True,  # show a tqdm bar
                 ) -> pd.DataFrame:  # one row per unreadable video: video, path, problem
@@ -255,13 +312,14 @@ def check_videos(videos: Sequence[str | Path],  # keys (with `root`) or paths
         v, r = item
         try: path = Path(v) if r is None else resolve_video(r, v)
         except VideoError as e: return v, e.path, e.problem
-        return v, str(path), check_video(path, n, min_frames, deep)
+        return v, str(path), check_video(path, n, min_frames, fast)
 
     bar = dict(total=len(items), desc="check videos", unit="video", disable=not progress)
     if workers <= 1: results = [one(it) for it in tqdm(items, **bar)]
     else:
         with ThreadPoolExecutor(workers) as ex: results = list(tqdm(ex.map(one, items), **bar))
     return pd.DataFrame([r for r in results if r[2] is not None], columns=["video", "path", "problem"])
+
 
 # %% ../nbs/01_video.ipynb #562ec206
 def add_check_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -272,7 +330,8 @@ def add_check_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--column", default=None, help="column naming the videos (default: video_key, else path)")
     p.add_argument("-n", "--frames", type=int, default=12, help="frames the models sample (default 12)")
     p.add_argument("--min-frames", type=int, default=1, help="fewer frames is a problem (default 1)")
-    p.add_argument("--deep", action="store_true", help="decode every frame, not only the sampled ones")
+    p.add_argument("--fast", action="store_true",
+                   help="decode only the first, last and segment-centre frames (quicker; misses a broken frame between them)")
     p.add_argument("--workers", type=int, default=1, help="videos checked in parallel")
     p.add_argument("--out", type=Path, default=None, help="also write the problems to this CSV file")
     return p
@@ -317,13 +376,14 @@ def run_check(args: argparse.Namespace) -> int:
     "Run `tfcovr check` on parsed arguments; 1 when any video is unreadable, else 0."
     table = _read_videos(args.labels, args.column)
     probs = check_videos(table.video.tolist(), _roots(table, args.root, args.labels), n=args.frames,
-                         min_frames=args.min_frames, deep=args.deep, workers=args.workers)
+                         min_frames=args.min_frames, fast=args.fast, workers=args.workers)
     for r in probs.itertuples(): print(f"{r.path}: {r.problem}")
     if args.out is not None:
         with atomic_path(args.out) as tmp: probs.to_csv(tmp, index=False)
     n = table.video.nunique()
-    print(f"{args.labels}: {len(probs)} of {n} videos unreadable" if len(probs) else
-          f"{args.labels}: all {n} videos readable", file=sys.stderr)
+    read = "first, last and centre frames only (--fast)" if args.fast else "every frame decoded"
+    print(f"{args.labels}: {len(probs)} of {n} videos unreadable ({read})" if len(probs) else
+          f"{args.labels}: all {n} videos readable ({read})", file=sys.stderr)
     return 1 if len(probs) else 0
 
 
