@@ -21,7 +21,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from .aim import AIMVariant, aim_cfg, preprocess
 from .core import read_yaml, rng
-from .video import VideoError, load_clip, resize_clip, resolve_video, segment_indices, video_length, write_mp4
+from .video import (SHORT, VideoError, handle_short, load_clip, resize_clip, resolve_video, segment_indices,
+                          video_length, write_mp4)
 
 # %% auto #0
 __all__ = ['VideoRoots', 'class_index', 'video_root', 'parse_roots', 'params_roots', 'add_data_args', 'args_roots',
@@ -167,8 +168,10 @@ class ClipDataset(Dataset):
                  hflip: bool = True,                        # random horizontal flip (train)
                  randaugment: tuple[int, int] | None = None, # RandAugment (num_ops, magnitude) (train), None: off
                  cache: bool = False,                       # keep every decoded video in memory
+                 short: str = "warn",                       # a video with fewer than num_frames frames: "warn", "error", "repeat"
                  ):
         if num_frames < 1 or size < 1: raise ValueError(f"num_frames and size must be >= 1, got {num_frames}, {size}")
+        if short not in SHORT: raise ValueError(f"short must be one of {', '.join(SHORT)}, got {short!r}")
         self.rows = labels.reset_index(drop=True)
         self.classes = list(classes) if classes is not None else class_index(self.rows)
         pos = {c: i for i, c in enumerate(self.classes)}
@@ -179,7 +182,7 @@ class ClipDataset(Dataset):
         self.variant = aim_cfg(variant) if isinstance(variant, str) else variant
         self.num_frames, self.size, self.train, self.seed = num_frames, size, train, seed
         self.crop_scale, self.hflip, self.randaugment = tuple(crop_scale), hflip, randaugment
-        self.epoch, self.cache = 0, {} if cache else None
+        self.epoch, self.cache, self.short = 0, {} if cache else None, short
 
     def set_epoch(self, epoch: int) -> None:
         "Select the random draws of epoch `epoch`."
@@ -189,11 +192,12 @@ class ClipDataset(Dataset):
 
     def _load(self, idx: int, mode: str, g: np.random.Generator | None, size: int | None) -> torch.Tensor:
         "`load_clip` of row `idx`, from the in-memory copy of the whole video when caching."
-        if self.cache is None: return load_clip(self.paths[idx], self.num_frames, size, mode=mode, rng=g)
+        if self.cache is None: return load_clip(self.paths[idx], self.num_frames, size, mode=mode, rng=g, short=self.short)
         if idx not in self.cache:
             path = self.paths[idx]
             self.cache[idx] = load_clip(path, video_length(path), None)   # every frame, in order
         video = self.cache[idx]
+        handle_short(self.paths[idx], len(video), self.num_frames, self.short)
         return resize_clip(video[segment_indices(len(video), self.num_frames, mode, g)], size)
 
     def clip(self, idx: int) -> torch.Tensor:  # [T, size, size, 3] uint8
