@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -96,6 +97,13 @@ class TextEncoder(nn.Module):
                               max_length=self.max_length, return_tensors="pt")
         dev = self.proj.weight.device
         return {"input_ids": toks["input_ids"].to(dev), "attention_mask": toks["attention_mask"].to(dev)}
+
+    def token_counts(self, texts: list[str]) -> list[tuple[int, int]]:  # per text: (tokens read, tokens of the whole text)
+        "Tokens of each text the encoder reads, and tokens of the whole cleaned text: fewer read means truncated."
+        if isinstance(texts, str): raise TypeError("token_counts takes a list of strings, got one string")
+        read = self.tokenize(texts)["attention_mask"].sum(1).tolist()
+        whole = [len(self.tokenizer(clean_caption(t, sys.maxsize), truncation=False, verbose=False)["input_ids"]) for t in texts]
+        return [(int(r), w) for r, w in zip(read, whole)]
 
     def pool(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         "Backbone output pooled to [B, hidden_dim]."
