@@ -12,6 +12,7 @@ import pytest
 
 import tfcovr.llm as L
 from tfcovr.attributes import parse_label
+from tfcovr.core import ParamsError, from_dict, stable_hash, to_dict
 from tfcovr.modify import ModifyConfig, generate_modifications
 from tfcovr.rules import RuleModifier
 
@@ -24,16 +25,21 @@ from modify_cases import PAIRS, VT, _gen, _table
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        srv.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        n = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(n)) if n else None
+        srv.requests.append({"method": self.command, "path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         status, content, delay = srv.script.pop(0) if srv.script else (200, "show it again", 0)
         if delay: time.sleep(delay)
         if content.startswith("RAW:"): out = content[4:].encode()
         else: out = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
         try:
-            self.send_response(status); self.send_header("Content-Length", str(len(out))); self.end_headers()
+            self.send_response(status)
+            if content.startswith("LOCATION:"): self.send_header("Location", content[9:])
+            self.send_header("Content-Length", str(len(out))); self.end_headers()
             self.wfile.write(out)
         except OSError: pass
+
+    do_GET = do_POST   # a followed redirect may arrive as a GET
 
     def log_message(self, *a): pass
 
@@ -116,7 +122,9 @@ def test_llm_invalid_answer_falls_back(tmp_path, key, answer, reason):
         m = _gen(gen, PAIRS[:1])[0]
     assert m == _gen(RuleModifier(0), PAIRS[:1])[0]
     assert dict(gen.stats["failures"]) == {reason: 1} and gen.stats["fallback"] == 1
-    assert len(srv.requests) == 1                   # an invalid answer is not asked again
+    assert len(srv.requests) == 1                   # an invalid answer is not asked again in this run ...
+    gen.save()
+    assert (tmp_path / "cache.jsonl").read_text() == ""   # ... nor stored
 
 
 def test_llm_unreachable_and_timeout_fall_back(tmp_path, key):
@@ -135,18 +143,18 @@ def test_llm_cache_replay_offline_is_identical(tmp_path, key, caplog, monkeypatc
     caplog.set_level(logging.DEBUG)
     script = [(200, "show with 2 turns", 0), (500, "", 0), (200, "make it 1 turn", 0),
               (200, "stretched salto forward with 1.5 turn off", 0), (200, "show with 1 turn", 0)]
-    cfg = ModifyConfig(generator="llm", llm=cfg_for("http://unused", tmp_path))
     with serve(script) as (url, srv):
-        cfg.llm.base_url = url
+        cfg = ModifyConfig(generator="llm", llm=cfg_for(url, tmp_path))
         first = generate_modifications(_table(), None, cfg, seed=3, progress=False)
     assert list(first.source) == ["llm", "llm", "rule", "llm"]
     assert first.attrs["modify_stats"]["failures"] == {"copies_label": 1}
     assert {r["auth"] for r in srv.requests} == {f"Bearer {KEY}"}   # the key was sent ...
     cache = (tmp_path / "cache.jsonl").read_text()
-    assert len(cache.splitlines()) == 4 and KEY not in cache         # ... and never written
+    assert len(cache.splitlines()) == 3 and KEY not in cache         # ... and never written; the rejected answer neither
     recs = [json.loads(l) for l in cache.splitlines()]
     assert [r["key"] for r in recs] == sorted(r["key"] for r in recs)
-    assert all(set(r) == {"key", "model", "prompt_version", "query", "target", "answer"} for r in recs)
+    assert all(set(r) == {"key", "base_url", "model", "prompt_version", "query", "target", "answer"} for r in recs)
+    assert {r["base_url"] for r in recs} == {url}
     # the server is gone: the cache alone gives the same table, bit for bit
     replay = generate_modifications(_table(), None, cfg, seed=3, progress=False)
     pd.testing.assert_frame_equal(replay, first)
@@ -199,3 +207,130 @@ def test_cache_bad_line_names_file_and_line(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text('{"key": "k", "answer": "a"}\n{"key": 3}\n')
     with pytest.raises(ValueError, match=r"c.jsonl:2"): L.LLMCache(p)
+
+
+# ---------------------------------------------------------------- the key goes to the configured endpoint only
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_llm_redirect_is_an_error_and_the_key_stays(tmp_path, key, code):
+    with serve([(200, "show with 2 turns", 0)]) as (other, srv2):
+        with serve([(code, "LOCATION:" + other + "/chat/completions", 0)]) as (url, srv1):
+            gen = L.LLMModifier(cfg_for(url, tmp_path), seed=0)
+            with pytest.raises(ValueError) as e: _gen(gen, PAIRS[:1])
+            gen.save()
+    msg = str(e.value)
+    assert "\n" not in msg and "modify.llm.base_url" in msg and url in msg and other in msg and KEY not in msg
+    assert srv1.requests[0]["auth"] == f"Bearer {KEY}" and len(srv1.requests) == 1
+    assert srv2.requests == []                                   # the other origin never saw the key, nor a request
+    assert (tmp_path / "cache.jsonl").read_text() == ""          # and nothing was cached
+
+
+@pytest.mark.parametrize("url", ["http://api.example.com/v1", "http://10.1.2.3:8000/v1", "https://u:p@api.example.com/v1"])
+def test_llm_base_url_https_or_loopback(url):
+    with pytest.raises(ValueError, match=r"^base_url: "): L.LLMConfig(base_url=url)
+    raw = to_dict(ModifyConfig()); raw["llm"]["base_url"] = url
+    with pytest.raises(ParamsError, match=r"^modify\.llm: base_url: ") as e: from_dict(ModifyConfig, raw, "modify")
+    assert "\n" not in str(e.value)
+    for ok in ("https://api.example.com/v1", "http://localhost:1234/v1", "http://127.8.0.1/v1", "http://[::1]/v1"):
+        assert L.LLMConfig(base_url=ok).base_url == ok
+
+
+# ---------------------------------------------------------------- answers that spell out the target label
+DIVE_Q, DIVE_T = "Inward, 2.5 Soms.Pike, Entry", "Inward, 2.5 Soms.Tuck, Entry"
+
+
+@pytest.mark.parametrize("answer", ["make it inward, 2.5 soms.tuck, entry", "Inward 2.5 Soms Tuck Entry",
+                                    "show it as inward, 2.5 soms. tuck, entry"])
+def test_answer_naming_a_short_target_label_is_rejected(answer):
+    assert L.validate_answer(answer, DIVE_Q, DIVE_T, 12) == (None, "copies_label")
+
+
+def test_answer_naming_a_gym_target_label_is_rejected():
+    q, t = "(VT) handspring forward on, tucked salto forward off", "(VT) handspring forward on, tucked salto forward with 1 turn off"
+    assert L.validate_answer("make it (vt) handspring forward on, tucked salto forward with 1 turn off", q, t, 20)[1] == "copies_label"
+    assert L.validate_answer("do the salto forward with 1 turn", q, t, 12)[1] == "copies_label"
+    assert L.validate_answer("show with 1 turn", q, t, 12) == ("show with 1 turn", None)   # shared words are fine
+    assert L.validate_answer("same dive but in tuck position", DIVE_Q, DIVE_T, 12)[1] is None
+
+
+def test_llm_answer_naming_the_target_falls_back(tmp_path, key):
+    pair = [("finediving/5253b", "finediving/5253c", DIVE_Q, DIVE_T)]
+    with serve([(200, "make it inward, 2.5 soms.tuck, entry", 0)]) as (url, srv):
+        gen = L.LLMModifier(cfg_for(url, tmp_path), seed=0)
+        m = _gen(gen, pair)[0]
+    assert m.source == "rule" and "soms" not in m.text.lower() and dict(gen.stats["failures"]) == {"copies_label": 1}
+
+
+# ---------------------------------------------------------------- the cache
+def test_rejected_answer_is_asked_again_next_run(tmp_path, key):
+    with serve([(200, "stretched salto forward with 2 turn off", 0), (200, "show with 2 turns", 0)]) as (url, srv):
+        first = _gen(L.LLMModifier(cfg_for(url, tmp_path), seed=0), PAIRS[:1])[0]
+        gen = L.LLMModifier(cfg_for(url, tmp_path), seed=0)
+        second = _gen(gen, PAIRS[:1])[0]
+        gen.save()
+        third = _gen(L.LLMModifier(cfg_for(url, tmp_path), seed=0), PAIRS[:1])[0]
+    assert (first.source, second.text, third.text) == ("rule", "show with 2 turns", "show with 2 turns")
+    assert len(srv.requests) == 2                   # asked again after the rejection, then replayed from the cache
+
+
+def test_cache_key_depends_on_endpoint(tmp_path, key):
+    with serve([(200, "show with 2 turns", 0)]) as (url_a, a), serve([(200, "make it 2 turns", 0)]) as (url_b, b):
+        gen = L.LLMModifier(cfg_for(url_a, tmp_path), seed=0); ma = _gen(gen, PAIRS[:1])[0]; gen.save()
+        gen = L.LLMModifier(cfg_for(url_b, tmp_path), seed=0); mb = _gen(gen, PAIRS[:1])[0]; gen.save()
+    assert (ma.text, mb.text) == ("show with 2 turns", "make it 2 turns")
+    assert len(a.requests) == len(b.requests) == 1  # the second endpoint was asked, not answered from the first's cache
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 2
+
+
+def test_old_cache_records_are_read_but_not_used(tmp_path, key, caplog):
+    q, t = PAIRS[0][2], PAIRS[0][3]
+    with serve([(200, "make it 2 turns", 0)]) as (url, srv):
+        cfg = cfg_for(url, tmp_path)
+        version = L.prompt_version(cfg)
+        old = {"key": stable_hash([cfg.model, version, q, t], n=32), "model": cfg.model, "prompt_version": version,
+               "query": q, "target": t, "answer": "show with 2 turns"}
+        (tmp_path / "cache.jsonl").write_text(json.dumps(old) + "\n")
+        gen = L.LLMModifier(cfg, seed=0)
+        m = _gen(gen, PAIRS[:1])[0]
+        gen.save()
+    assert m.text == "make it 2 turns" and len(srv.requests) == 1   # the endpoint-less answer is not replayed
+    assert "older cache format" in caplog.text
+    recs = [json.loads(l) for l in (tmp_path / "cache.jsonl").read_text().splitlines()]
+    assert old in recs and len(recs) == 2                              # kept in the file
+
+
+def test_cached_answer_rejected_today_is_dropped_and_asked_again(tmp_path, key):
+    q, t = PAIRS[0][2], PAIRS[0][3]
+    with serve([(200, "show with 2 turns", 0)]) as (url, srv):
+        cfg = cfg_for(url, tmp_path)
+        k = L.LLMCache.key(cfg.base_url, cfg.model, L.prompt_version(cfg), q, t)
+        c = L.LLMCache(tmp_path / "cache.jsonl")
+        c.put(k, {"base_url": cfg.base_url, "answer": "stretched salto forward with 2 turn off"}); c.save()
+        gen = L.LLMModifier(cfg, seed=0)
+        m = _gen(gen, PAIRS[:1])[0]
+        gen.save()
+    assert m.text == "show with 2 turns" and len(srv.requests) == 1
+    assert [json.loads(l)["answer"] for l in (tmp_path / "cache.jsonl").read_text().splitlines()] == ["show with 2 turns"]
+
+
+def test_cache_truncated_line_names_file_and_line(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"key": "k", "answer": "a", "base_url": "x"}\n{"key": "k2", "answer": "sho')
+    with pytest.raises(ValueError, match=r"c\.jsonl:2: truncated"): L.LLMCache(p)
+    p.write_bytes(b"\xff\xfe{}\n")
+    with pytest.raises(ValueError, match=r"c\.jsonl: not a UTF-8"): L.LLMCache(p)
+
+
+def test_cache_save_is_atomic(tmp_path):
+    p = tmp_path / "c.jsonl"
+    c = L.LLMCache(p); c.put("a", {"answer": "show with 2 turns"}); c.save()
+    before = p.read_text()
+    c.put("b", {"answer": object()})                # not JSON: the write fails half-way
+    with pytest.raises(TypeError): c.save()
+    assert p.read_text() == before and sorted(x.name for x in tmp_path.iterdir()) == ["c.jsonl"]
+
+
+def test_cache_file_written_when_nothing_was_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    cfg = ModifyConfig(generator="llm", llm=cfg_for(closed_url(), tmp_path))
+    out = generate_modifications(_table(), None, cfg, seed=0, progress=False)
+    assert set(out.source) == {"rule"} and (tmp_path / "cache.jsonl").read_text() == ""

@@ -55,3 +55,17 @@ def test_make_modifier_and_reexported_names():
     assert type(llm) is tfcovr.llm.LLMModifier
     assert M.MOD_TYPES is tfcovr.rules.MOD_TYPES       # the evaluator imports the types from tfcovr.modify
     assert M.RuleModifier is tfcovr.rules.RuleModifier and M.LLMConfig is tfcovr.llm.LLMConfig
+
+
+# ---------------------------------------------------------------- the answers cache is always a stage output
+def test_ensure_cache_file(tmp_path):
+    path = tmp_path / "cache" / "modify_llm.jsonl"
+    cfg = M.ModifyConfig(llm=tfcovr.llm.LLMConfig(cache_path=path))
+    M.generate_modifications(_table(), None, cfg, seed=0, progress=False)
+    assert M.ensure_cache_file(cfg) == path and path.read_text() == ""     # the rules asked nothing: an empty file
+    path.write_text('{"key": "k", "answer": "show with 2 turns", "base_url": "https://a/v1"}\n')
+    M.ensure_cache_file(cfg)
+    assert "show with 2 turns" in path.read_text()                           # answers survive a rule run
+    assert [p.name for p in path.parent.iterdir()] == ["modify_llm.jsonl"]  # no temporary left behind
+    with pytest.raises(ParamsError, match=r"modify\.llm\.cache_path"):
+        M.ensure_cache_file(M.ModifyConfig(llm=tfcovr.llm.LLMConfig(cache_path=None)))

@@ -112,3 +112,56 @@ def test_rule_on_real_finediving_pairs(shared_data):
     assert not out.modification.str.contains("Soms|Entry").any()     # phrased, not copied
     som = out[out.modification_type == "somersaults"].modification
     assert som.str.contains(r"\d").all() and som.str.contains("somersault").all()
+
+
+# ---------------------------------------------------------------- a rule text never spells out the target label
+def test_rule_text_never_spells_the_target():
+    q, t = "(UB) giant circle backward", "(UB) giant circle backward with 1 turn to handstand"
+    for phrasing in R.PHRASINGS:
+        for s in range(30):
+            m = R.RuleModifier(s, phrasing).generate(q, t, parse_label(q), parse_label(t), 0, 1)
+            assert "with 1 turn to handstand" not in m.text and not R.spells_label(m.text, q, t), (s, m.text)
+
+
+def test_rule_texts_over_synthgym_labels_never_spell_the_target():
+    from tfcovr.synth import VOCAB
+    acts = [a for a in VOCAB]
+    pairs = [(a.name, b.name, a.text, b.text, a.dataset) for a in acts for b in acts
+             if a.dataset == b.dataset and a.text != b.text and (a.event == b.event or a.dataset == "finediving")]
+    assert len(pairs) > 300
+    for phrasing in R.PHRASINGS:
+        gen = R.RuleModifier(0, phrasing)
+        for qi, ti, q, t, ds in pairs:
+            m = gen.generate(q, t, parse_label(q, ds), parse_label(t, ds), qi, ti)
+            assert not R.spells_label(m.text, q, t), (q, t, m.text)
+
+
+def test_rule_texts_on_real_pairs_never_spell_the_target(shared_data):
+    from tfcovr.labels import load_finediving
+    labels = {}
+    for line in (shared_data / "finegym" / "gym288_categories.txt").read_text().splitlines():
+        m = re.match(r"Clabel:\s*(\d+);.*?;\s*Glabel:\s*\d+;\s*(.*)", line)
+        if m: labels[int(m.group(1))] = m.group(2).strip()
+    # turns with reworded details: every draw of the usual phrasings would hold 5+ target words the query lacks
+    hard = [(82, 88), (88, 82), (91, 81), (166, 173), (193, 195), (201, 200)]
+    for i, j in hard:
+        q, t = labels[i], labels[j]
+        m = R.RuleModifier(0).generate(q, t, parse_label(q, "finegym"), parse_label(t, "finegym"), i, j)
+        assert m.text and not R.spells_label(m.text, q, t), (q, t, m.text)
+    clips = load_finediving(shared_data / "finediving")
+    dl = clips.drop_duplicates("label_id").set_index("label_id")["label"].to_dict()
+    gen = R.RuleModifier(0)
+    for i in dl:
+        for j in dl:
+            if i == j: continue
+            m = gen.generate(dl[i], dl[j], parse_label(dl[i], "finediving"), parse_label(dl[j], "finediving"), i, j)
+            assert not R.spells_label(m.text, dl[i], dl[j]), (dl[i], dl[j], m.text)
+
+
+def test_spells_label_whole_label_or_long_new_run():
+    dq, dt = "Inward, 2.5 Soms.Pike, Entry", "Inward, 2.5 Soms.Tuck, Entry"
+    assert R.spells_label("make it inward, 2.5 soms.tuck, entry", dq, dt)
+    assert not R.spells_label("same dive but in tuck position", dq, dt)
+    q, t = "(FX) salto backward stretched with 1 twist", "(FX) salto backward stretched with 2 twist"
+    assert not R.spells_label("show with 2 twists", q, t)
+    assert R.spells_label("salto backward stretched with 2 twists", q, t)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 from .attributes import Attributes
 from .core import atomic_write, stable_hash
-from .rules import Modification, RuleModifier, _words, modification_type
+from .rules import COPY_RUN, Modification, RuleModifier, label_words, modification_type, spells_label
 
 _log = logging.getLogger(__name__)
 
@@ -53,10 +55,30 @@ DEFAULT_EXAMPLES = [
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _loopback(host: str) -> bool:
+    "Is `host` this machine: localhost, 127.0.0.0/8 or ::1?"
+    if host == "localhost": return True
+    try: return ipaddress.ip_address(host).is_loopback
+    except ValueError: return False
+
+
+def _base_url(url: str) -> str:
+    "`url` without its trailing slash, if it is https, or http to a loopback host; else `ValueError` naming the key."
+    key = "base_url"  # `from_dict` prefixes the section: "modify.llm: base_url: ..."
+    try: u = urllib.parse.urlsplit(url); host, _ = u.hostname, u.port
+    except ValueError: host = None
+    if not host or re.search(r"\s", url): raise ValueError(f"{key}: not a URL with a host: {url!r}")
+    if u.username is not None or u.password is not None:
+        raise ValueError(f"{key}: must not hold a user name or password (the key comes from api_key_env)")
+    if u.query or u.fragment: raise ValueError(f"{key}: must not hold a query or fragment, got {url!r}")
+    if u.scheme == "https" or (u.scheme == "http" and _loopback(host)): return url.rstrip("/")
+    raise ValueError(f"{key}: must be an https URL (http only for a local server on localhost, 127.0.0.0/8 or ::1), got {url!r}")
+
+
 @dataclasses.dataclass
 class LLMConfig:
     "An OpenAI-compatible chat-completions endpoint and how to call it."
-    base_url: str = "https://api.openai.com/v1"  # endpoint root; requests go to {base_url}/chat/completions
+    base_url: str = "https://api.openai.com/v1"  # endpoint root, https (http on a loopback host); requests go to {base_url}/chat/completions
     model: str = "gpt-4o"                        # model name sent with every request (and part of the cache key)
     api_key_env: str | None = "OPENAI_API_KEY"   # NAME of the environment variable holding the key; null: no auth
     max_retries: int = 3                         # further attempts after a timeout, connection error, HTTP 429 or 5xx
@@ -68,7 +90,7 @@ class LLMConfig:
     examples: list[PromptExample] | None = None  # in-context examples; null: DEFAULT_EXAMPLES
 
     def __post_init__(self):
-        if not re.match(r"^https?://\S+$", self.base_url): raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        self.base_url = _base_url(self.base_url)
         if not self.model.strip(): raise ValueError("model must not be empty")
         if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
             raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _), not the key")
@@ -78,7 +100,6 @@ class LLMConfig:
         if self.give_up_after < 0: raise ValueError(f"give_up_after must be >= 0, got {self.give_up_after}")
         if self.max_words < 1: raise ValueError(f"max_words must be >= 1, got {self.max_words}")
         if self.examples is not None and not self.examples: raise ValueError("examples must be null or a non-empty list")
-        self.base_url = self.base_url.rstrip("/")
 
 # %% ../nbs/13a_llm.ipynb #ebf0734b
 PROMPT_VERSION = "modify-v1"
@@ -108,8 +129,7 @@ def prompt_version(cfg: LLMConfig) -> str:
     return f"{PROMPT_VERSION}-{stable_hash(build_messages('', '', cfg)[:-1], n=8)}"
 
 # %% ../nbs/13a_llm.ipynb #760c459c
-_COPY_RUN = 5  # this many consecutive label words in an answer count as copying the label
-_ANY_CODE = re.compile(r"\((VT|FX|BB|UB)\)")
+_ANY_CODE = re.compile(r"\((VT|FX|BB|UB)\)", re.IGNORECASE)
 _QUOTES = {('"', '"'), ("'", "'"), ("`", "`"), ("\u201c", "\u201d"), ("\u2018", "\u2019")}
 
 
@@ -134,31 +154,34 @@ def validate_answer(answer: str,      # raw model answer
     if any(ch in s for ch in "\"`\u201c\u201d"): return None, "quotes"
     if len(s.split()) > max_words: return None, "too_long"
     if _ANY_CODE.search(s): return None, "copies_label"
-    words = _words(s)
-    for label in (query_text, target_text):
-        lw = _words(label)
-        if words == lw or _longest_run(words, lw) >= _COPY_RUN: return None, "copies_label"
+    words, qw = label_words(s), label_words(query_text)
+    if words == qw or _longest_run(words, qw) >= COPY_RUN or spells_label(s, query_text, target_text): return None, "copies_label"
     return s, None
 
 # %% ../nbs/13a_llm.ipynb #2aae664b
 class LLMCache:
-    "Answers of a chat model keyed by (model, prompt version, query, target); a JSON Lines file on disk."
+    "Accepted answers of a chat model keyed by (endpoint, model, prompt version, query, target); a JSON Lines file on disk."
     def __init__(self, path: str | Path | None): # the cache file (None: in memory only)
         self.path, self.entries, self.dirty = (Path(path) if path else None), {}, 0
         if self.path is None or not self.path.exists(): return
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        try: lines = self.path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError: raise ValueError(f"{self.path}: not a UTF-8 text file (an answers cache in JSON Lines)") from None
+        for n, line in enumerate(lines, 1):
             if not line.strip(): continue
             try:
                 rec = json.loads(line)
                 if not isinstance(rec.get("key"), str) or not isinstance(rec.get("answer"), str): raise ValueError
             except (ValueError, AttributeError):
-                raise ValueError(f"{self.path}:{n}: not a cache record (a JSON object with string 'key' and 'answer')") from None
+                raise ValueError(f"{self.path}:{n}: truncated or not a cache record (a JSON object with string 'key' and "
+                                 "'answer'); remove the line or the file") from None
             self.entries[rec["key"]] = rec
+        if old := sum("base_url" not in r for r in self.entries.values()):
+            _log.warning("%s: %d answers of an older cache format (without the endpoint) are kept but not used", self.path, old)
 
     @staticmethod
-    def key(model: str, version: str, query_text: str, target_text: str) -> str:
+    def key(base_url: str, model: str, version: str, query_text: str, target_text: str) -> str:
         "The cache key of one request."
-        return stable_hash([model, version, query_text, target_text], n=32)
+        return stable_hash([base_url, model, version, query_text, target_text], n=32)
 
     def get(self, key: str) -> str | None: return (self.entries.get(key) or {}).get("answer")
 
@@ -166,9 +189,13 @@ class LLMCache:
         "Store `record` (which holds the 'answer') under `key`."
         self.entries[key] = {**record, "key": key}; self.dirty += 1
 
+    def drop(self, key: str) -> None:
+        "Forget the answer under `key`, if any."
+        if self.entries.pop(key, None) is not None: self.dirty += 1
+
     def save(self) -> None:
-        "Write the cache atomically (sorted by key) if anything changed."
-        if self.path is None or not self.dirty: return
+        "Write the cache atomically (sorted by key) if anything changed or the file does not exist yet (then empty)."
+        if self.path is None or not (self.dirty or not self.path.exists()): return
         with atomic_write(self.path) as f:
             for k in sorted(self.entries): f.write(json.dumps(self.entries[k], sort_keys=True, ensure_ascii=False) + "\n")
         self.dirty = 0
@@ -176,6 +203,11 @@ class LLMCache:
 # %% ../nbs/13a_llm.ipynb #d8482112
 class _CallError(Exception):
     def __init__(self, reason: str, retry: bool): super().__init__(reason); self.reason, self.retry = reason, retry
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    "Follow no redirect: the 3xx answer reaches the caller as an `HTTPError`."
+    def redirect_request(self, req, fp, code, msg, headers, newurl): return None
 
 
 class LLMModifier:
@@ -186,6 +218,8 @@ class LLMModifier:
                 ):
         self.cfg, self.rules, self.cache = cfg, RuleModifier(seed, phrasing), LLMCache(cfg.cache_path)
         self.version, self.url = prompt_version(cfg), f"{cfg.base_url}/chat/completions"
+        local = _loopback(urllib.parse.urlsplit(cfg.base_url).hostname or "")
+        self._opener = urllib.request.build_opener(_NoRedirect(), *([urllib.request.ProxyHandler({})] if local else []))
         self.stats: dict[str, Any] = {"llm": 0, "cache": 0, "fallback": 0, "retries": 0, "failures": Counter()}
         self._failed_in_row, self._warned = 0, False
 
@@ -196,9 +230,12 @@ class LLMModifier:
         if key: headers["Authorization"] = f"Bearer {key}"
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp: payload = resp.read()
+            with self._opener.open(req, timeout=self.cfg.timeout_s) as resp: payload = resp.read()
         except urllib.error.HTTPError as e:
-            code = e.code; e.close()
+            code, where = e.code, (e.headers.get("Location") if e.headers else None); e.close()
+            if 300 <= code < 400:
+                raise ValueError(f"modify.llm.base_url: {self.url} answered HTTP {code}, a redirect to {str(where)[:200]!r}; "
+                                 "redirects are not followed (the key goes to no other address): set base_url to the endpoint itself") from None
             raise _CallError(f"http_{code}", code == 429 or code >= 500) from None
         except urllib.error.URLError as e:
             timeout = isinstance(e.reason, (TimeoutError, socket.timeout))
@@ -244,24 +281,27 @@ class LLMModifier:
     def generate(self, query_text: str, target_text: str, query_attrs: Attributes, target_attrs: Attributes,
                  query_id: Any, target_id: Any) -> Modification:
         "The modification for one pair: cached answer, else a fresh one, else the rules (see `RuleModifier.generate`)."
-        ck = LLMCache.key(self.cfg.model, self.version, query_text, target_text)
-        answer, source = self.cache.get(ck), "cache"
-        if answer is None:
-            answer, why = self._ask(query_text, target_text)
-            source = "llm"
-            if answer is not None:
-                self.cache.put(ck, {"model": self.cfg.model, "prompt_version": self.version,
+        cfg, kind = self.cfg, modification_type(query_attrs, target_attrs)
+        ck = LLMCache.key(cfg.base_url, cfg.model, self.version, query_text, target_text)
+        if (cached := self.cache.get(ck)) is not None:
+            text, _ = validate_answer(cached, query_text, target_text, cfg.max_words)
+            if text is not None:
+                self.stats["cache"] += 1
+                return Modification(text, kind, "llm")
+            self.cache.drop(ck)  # rejected by today's checks: ask again
+        answer, why = self._ask(query_text, target_text)
+        if answer is not None:
+            text, why = validate_answer(answer, query_text, target_text, cfg.max_words)
+            if text is not None:
+                self.cache.put(ck, {"base_url": cfg.base_url, "model": cfg.model, "prompt_version": self.version,
                                     "query": query_text, "target": target_text, "answer": answer})
                 if self.cache.dirty >= 50: self.cache.save()
-        if answer is not None:
-            text, why = validate_answer(answer, query_text, target_text, self.cfg.max_words)
-            if text is not None:
-                self.stats[source] += 1
-                return Modification(text, modification_type(query_attrs, target_attrs), "llm")
+                self.stats["llm"] += 1
+                return Modification(text, kind, "llm")
         self.stats["failures"][why] += 1
         self.stats["fallback"] += 1
         return self.rules.generate(query_text, target_text, query_attrs, target_attrs, query_id, target_id)
 
     def save(self) -> None:
-        "Write the answers cache."
+        "Write the answers cache (an empty file when nothing was accepted)."
         self.cache.save()

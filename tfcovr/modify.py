@@ -9,19 +9,21 @@ import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .attributes import Attributes, parse_label
+from .core import ParamsError, atomic_write
 from .llm import LLMConfig, LLMModifier
 from .rules import MOD_TYPES, PHRASINGS, RuleModifier  # MOD_TYPES: the evaluator reads the types from here
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['PAIR_COLUMNS', 'OUT_COLUMNS', 'ModifyConfig', 'make_modifier', 'generate_modifications']
+__all__ = ['PAIR_COLUMNS', 'OUT_COLUMNS', 'ModifyConfig', 'make_modifier', 'generate_modifications', 'ensure_cache_file']
 
 # %% ../nbs/13b_modify.ipynb #133efcc7
 @dataclasses.dataclass
@@ -79,3 +81,14 @@ def generate_modifications(pairs: pd.DataFrame,                          # label
     out.attrs["modify_stats"] = stats
     _log.info("modifications: %d pairs, %s", len(out), stats)
     return out
+
+# %% ../nbs/13b_modify.ipynb #6b376ea6
+def ensure_cache_file(cfg: ModifyConfig, # the modify section
+                     ) -> Path:
+    "The answers cache file at `modify.llm.cache_path`, created empty (atomically) if missing."
+    if cfg.llm.cache_path is None:
+        raise ParamsError("modify.llm.cache_path: the modifications stage writes the answers cache there (a declared output); give a path")
+    path = Path(cfg.llm.cache_path)
+    if not path.exists():
+        with atomic_write(path): pass
+    return path

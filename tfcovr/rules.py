@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import re
 from typing import Any
 
@@ -14,7 +15,8 @@ from .attributes import Attributes, diff_attributes
 from .core import rng
 
 # %% auto #0
-__all__ = ['MOD_TYPES', 'EVENT_NAMES', 'PHRASINGS', 'modification_type', 'Modification', 'edit_key', 'RuleModifier']
+__all__ = ['MOD_TYPES', 'EVENT_NAMES', 'COPY_RUN', 'PHRASINGS', 'modification_type', 'Modification', 'label_words',
+           'spells_label', 'edit_key', 'RuleModifier']
 
 # %% ../nbs/13_rules.ipynb #c5627640
 MOD_TYPES = ("turns", "somersaults", "twists", "position", "event", "direction", "element", "multiple", "other")
@@ -60,17 +62,17 @@ def _words(label: str) -> list[str]:
     return re.sub(r"[(),;]", " ", _CODE.sub("", label)).lower().split()
 
 
-def _text_phrases(query_text: str, target_text: str) -> tuple[list[str], list[str]]:
-    "Complements and imperatives built from the words that differ between two texts."
+def _text_phrases(query_text: str, target_text: str, whole: bool = True, most: int = 8) -> tuple[list[str], list[str]]:
+    "Complements and imperatives from the words that differ between two texts (`whole`: may say all the target text; `most` target words per change)."
     qw, tw = _words(query_text), _words(target_text)
     ops = [o for o in difflib.SequenceMatcher(a=qw, b=tw, autojunk=False).get_opcodes() if o[0] != "equal"]
-    if len(ops) > 1 and 0 < len(tw) <= 8:  # scattered changes in a short text: say the whole target text
+    if whole and len(ops) > 1 and 0 < len(tw) <= 8:  # scattered changes in a short text: say the whole target text
         t = " ".join(tw)
         return ([t], [f"show it {t}", f"do it {t}"]) if tw[0] in _PREPS else ([f"with {t}"], [f"show it with {t}"])
     qs, ts = [], []
     for op, i1, i2, j1, j2 in ops:
         if i2 > i1: qs.append(" ".join(qw[i1:i2][:8]))
-        if j2 > j1: ts.append(" ".join(tw[j1:j2 + (op == "insert" and tw[j1] not in _PREPS)][:8]))
+        if j2 > j1: ts.append(" ".join(tw[j1:j2 + (op == "insert" and tw[j1] not in _PREPS)][:most]))
     q, t = (re.sub(r"^(?:(?:or|and)\s+)+", "", " and ".join(xs[:2])) for xs in (qs, ts))
     if t and q: return [f"{t} instead of {q}"], [f"change {q} to {t}", f"{'do it' if t.split()[0] in _PREPS else 'make it'} {t} instead of {q}"]
     if t and t.split()[0] in _PREPS: return [t], [f"show it {t}", f"do it {t}"]
@@ -150,6 +152,35 @@ def _phrases(field: str, a: Attributes, b: Attributes, query_text: str, target_t
         return comps, imps
     return [], []
 
+# %% ../nbs/13_rules.ipynb #e0b71ab6
+COPY_RUN = 5  # a run of this many consecutive label words (or the whole label, when shorter) spells the label out
+_ANY_CODE = re.compile(r"\((?:vt|fx|bb|ub)\)")
+
+
+def label_words(text: str, # a label or a modification text
+               ) -> list[str]:
+    "Normalised words: lower case, without event codes, punctuation or a plural 's'; decimals such as 2.5 kept."
+    s = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", _ANY_CODE.sub(" ", text.lower()))
+    return [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+            for w in re.sub(r"[^\w.]+|_", " ", s).split()]
+
+
+def _holds(words: list[str], run: list[str]) -> bool:
+    "Does `words` hold `run` as consecutive words?"
+    n = len(run)
+    return any(words[i:i + n] == run for i in range(len(words) - n + 1))
+
+
+def spells_label(text: str,        # a modification text
+                 query_text: str,  # query label text
+                 target_text: str, # target label text
+                ) -> bool:
+    "Does `text` spell out the target label: all its words in order, or `COPY_RUN` consecutive ones the query lacks?"
+    words, qw, tw = label_words(text), label_words(query_text), label_words(target_text)
+    k = min(COPY_RUN, len(tw))
+    return any(_holds(words, tw[i:j]) and (j - i == len(tw) or not _holds(qw, tw[i:j]))
+               for i in range(len(tw)) for j in range(i + max(k, 1), len(tw) + 1))
+
 # %% ../nbs/13_rules.ipynb #4f46d94c
 def _merge(comps: list[str]) -> str:
     "Join complements with spaces, merging consecutive 'with ...' phrases with 'and'."
@@ -182,6 +213,7 @@ def _edit(a: Attributes, b: Attributes, fields: list[str]) -> str:
 
 
 PHRASINGS = ("edit", "pair")
+_DRAWS = 20  # phrasings drawn before the plain ones are tried
 
 
 class RuleModifier:
@@ -218,15 +250,24 @@ class RuleModifier:
         diving = b.discipline == "diving"
         same = (None if "element" in fields or (diving and "direction" in fields) else "dive" if diving
                 else "vault" if b.event == "VT" else b.element or "element")
-        if len(said) == 1:
-            _, cs, ims = said[0]
-            text = pick(ims + [_show(c) for c in cs] + ([f"same {same} but {c}" for c in cs] if same else []))
-        else:
+
+        def draw() -> str:
+            if len(said) == 1:
+                _, cs, ims = said[0]
+                return pick(ims + [_show(c) for c in cs] + ([f"same {same} but {c}" for c in cs] if same else []))
             pattern = pick(["show", "lead", "same", "and"] if same else ["show", "lead", "and"])
             comps = [pick(cs) for _, cs, _ in said]
-            if pattern == "show": text = _show(_merge(comps))
-            elif pattern == "same": text = f"same {same} but {_merge(comps)}"
-            elif pattern == "lead": text = pick([i for i in said[0][2] if "instead" not in i] or said[0][2]) + " " + _merge(comps[1:])
-            else: text = _and([pick(ims) for _, _, ims in said])
+            if pattern == "show": return _show(_merge(comps))
+            if pattern == "same": return f"same {same} but {_merge(comps)}"
+            if pattern == "lead": return pick([i for i in said[0][2] if "instead" not in i] or said[0][2]) + " " + _merge(comps[1:])
+            return _and([pick(ims) for _, _, ims in said])
+
+        texts = (" ".join(draw().split()) for _ in range(_DRAWS))  # a phrasing that spells out the target is drawn again
+        plain = itertools.chain((_and(list(ims)) for ims in itertools.product(*(ims for _, _, ims in said))),
+                                itertools.chain.from_iterable(_text_phrases(query_text, target_text, False, most)[1]
+                                                              for most in range(8, 0, -1)))
+        text = next((x for x in itertools.chain(texts, (" ".join(p.split()) for p in plain))
+                     if not spells_label(x, query_text, target_text)), None)
+        if text is None: raise ValueError(f"labels {query_id!r} and {target_id!r}: every rule phrasing spells out the target label {target_text!r}")
         self.stats["rule"] += 1
-        return Modification(" ".join(text.split()), modification_type(a, b), "rule")
+        return Modification(text, modification_type(a, b), "rule")
