@@ -201,6 +201,48 @@ def test_figures_are_written(bench, model_dirs, tmp_path):
     for p in written: assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
 
 
+
+def _with_bad_value(bench, video_id, value):
+    "The benchmark's embeddings with one value of `video_id`'s row replaced."
+    from tfcovr.composed import ArrayEmbeddings
+    emb = bench["embeddings"].emb.copy()
+    emb[bench["embeddings"].ids.index(video_id), 3] = value
+    return ArrayEmbeddings(bench["embeddings"].ids, emb)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_embedding_fails_naming_the_row_and_model(bench, model_dirs, value):
+    video = sorted(bench["videos"].query("split == 'test'").video_id)[4]
+    emb = _with_bad_value(bench, video, value)
+    cfg = EvaluateConfig({"video-only": _variant(None, "none", "video"), "TF-CoVR-Base": _variant(model_dirs["noisy"])}, bootstrap=20)
+    loaders = {**_loaders(bench), "load_embeddings": lambda folder: emb}
+    with pytest.raises(ValueError) as e:
+        evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **loaders)
+    assert str(e.value) == (f"evaluate.variants.video-only (model none: video only, embeddings emb): the cached embedding of video "
+                            f"{video!r} holds NaN or infinite values (1 of 18 rows do)")
+
+
+def test_diverged_model_fails_naming_the_row_and_model(bench, model_dirs):
+    class Diverged(NoisyModel):
+        def encode_target(self, video_emb): return super().encode_target(video_emb) / 0.0 * 0.0   # NaN everywhere
+    cfg = EvaluateConfig({"video-only": _variant(None, "none", "video"), "avg-fusion": _variant(model_dirs["noisy"], "average")},
+                         bootstrap=20)
+    loaders = {**_loaders(bench), "load_model": lambda d, dev: Diverged(bench["prototypes"])}
+    with pytest.raises(ValueError, match=rf"^evaluate.variants.avg-fusion \(model {model_dirs['noisy']}, embeddings emb\): "
+                                         r"the model's target feature \(encode_target\) of video '\w+' holds NaN"):
+        evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **loaders)
+
+
+def test_report_figures_name_the_row_of_non_finite_embeddings(bench, model_dirs, tmp_path):
+    cfg = EvaluateConfig({"TF-CoVR-Base": _variant(model_dirs["noisy"]), "video-only": _variant(None, "none", "video")}, bootstrap=20)
+    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
+    video = bench["triplets"].query_video.iloc[0]
+    loaders = {**_loaders(bench), "load_embeddings": lambda folder: _with_bad_value(bench, video, np.nan)}
+    with pytest.raises(ValueError, match=rf"evaluate.variants.TF-CoVR-Base \(model .*\): the cached embedding of video '{video}' holds NaN"):
+        report_figures(ReportConfig(n_queries=1), cfg, bench["videos"], bench["triplets"], run.rows, run.breakdown, tmp_path,
+                       tmp_path / "fig", 0, progress=False, **loaders)
+
+
 def _write_cache(folder: Path, emb) -> None:
     "An embedding cache in the format of tfcovr.embed (INTERFACES.md)."
     folder.mkdir(parents=True)

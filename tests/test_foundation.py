@@ -20,9 +20,9 @@ def test_params_command_accepts_repository_params(root):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("seed: 0\ndata:\n  source: synth\n  colour: red\n", "data.colour: unknown key"),
+    ("seed: 0\nthreads: 2\ndata:\n  source: synth\n  colour: red\n", "data.colour: unknown key"),
     ("seed: zero\ndata:\n  source: synth\n", "seed: expected int, got 'zero'"),
-    ("seed: 0\n", "data: missing section"),
+    ("seed: 0\nthreads: 2\n", "data: missing section"),
     ("seed: 0\ndata:\n  source: synth\nsynthh: {}\n", "synthh: unknown section"),
 ])
 def test_bad_params_give_one_line(tmp_path, text, message):

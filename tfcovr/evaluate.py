@@ -5,9 +5,10 @@
 # %% ../nbs/42_evaluate.ipynb #7a630c09
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -17,15 +18,15 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .core import file_sha256, from_dict, get_device, rng, stable_hash
+from .core import check_device, file_sha256, from_dict, get_device, rng, stable_hash
 from .metrics import DEFAULT_KS, per_query_metrics_from_embeddings, summarize_metrics
 from .modify import MOD_TYPES
 from .triplets import gallery_videos, unique_videos
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODALITIES', 'DISCIPLINES', 'EVAL_NEEDS', 'VariantConfig', 'EvaluateConfig', 'split_videos', 'Gallery',
-           'build_gallery', 'check_triplets', 'evaluate_model', 'query_features', 'load_stage2_model', 'bootstrap_ci',
-           'breakdown', 'paired_differences', 'fingerprint_files', 'model_fingerprint', 'EvaluationRun',
+           'build_gallery', 'check_triplets', 'evaluate_model', 'query_features', 'variant_errors', 'load_stage2_model',
+           'bootstrap_ci', 'breakdown', 'paired_differences', 'fingerprint_files', 'model_fingerprint', 'EvaluationRun',
            'evaluate_variants', 'synthetic_benchmark', 'PrototypeModel']
 
 # %% ../nbs/42_evaluate.ipynb #070f8e2c
@@ -64,7 +65,7 @@ class EvaluateConfig:
     confidence: float = 0.95                # level of the percentile intervals
     batch_size: int = 256                   # queries encoded at once
     chunk_size: int = 512                   # queries ranked at once
-    device: str = "auto"                    # auto | cpu | cuda | cuda:N
+    device: str = "auto"                    # auto | cpu | cuda | cuda:N | mps
 
     def __post_init__(self):
         if not self.variants: raise ValueError("variants must name at least one model")
@@ -77,6 +78,7 @@ class EvaluateConfig:
         if self.bootstrap < 1: raise ValueError(f"bootstrap must be >= 1, got {self.bootstrap}")
         if not 0 < self.confidence < 1: raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.batch_size < 1 or self.chunk_size < 1: raise ValueError(f"batch_size and chunk_size must be >= 1")
+        check_device(self.device, "device")
 
 # %% ../nbs/42_evaluate.ipynb #9a5b262a
 def split_videos(videos: pd.DataFrame,  # one row per clip: video_id, label_id, split (+ any columns)
@@ -122,6 +124,16 @@ def _check_unit(x: torch.Tensor, what: str, atol: float = 1e-3) -> None:
     if len(bad): raise ValueError(f"{what}: row {int(bad[0])} has norm {float(n[bad[0]]):.4g}, not 1 (L2-normalise first)")
 
 
+def _check_finite(x: np.ndarray | torch.Tensor,  # [N, D]
+                  what: str,                      # what a row is, e.g. "embedding of video"
+                  ids: Sequence[Any],             # [N] the name of each row
+                 ) -> None:
+    "Raise naming the first row of `x` that holds a NaN or an infinity."
+    ok = torch.isfinite(x).all(dim=1) if isinstance(x, torch.Tensor) else np.isfinite(x).all(axis=1)
+    bad = np.flatnonzero(~np.asarray(ok.cpu() if isinstance(ok, torch.Tensor) else ok))
+    if len(bad): raise ValueError(f"{what} {ids[int(bad[0])]!r} holds NaN or infinite values ({len(bad)} of {len(ids)} rows do)")
+
+
 def build_gallery(videos: pd.DataFrame,                   # video_id, label_id, split
                   split: str,                             # the evaluation split
                   embeddings,                             # Embeddings (ids, lookup) holding every video of the split
@@ -131,13 +143,17 @@ def build_gallery(videos: pd.DataFrame,                   # video_id, label_id, 
                  ) -> Gallery:
     "The gallery of `split`: every unique video once with its label and normalised target feature."
     v = split_videos(videos, split)
-    raw = np.asarray(embeddings.lookup(v.video_id.tolist()), np.float32)  # [G, D]
+    ids = v.video_id.tolist()
+    raw = np.asarray(embeddings.lookup(ids), np.float32)  # [G, D]
+    _check_finite(raw, "the cached embedding of video", ids)
     feats = []
     with torch.no_grad():
         for i in range(0, len(raw), batch_size):
             x = torch.from_numpy(raw[i:i + batch_size]).to(device)
             feats.append((encode_target(x) if encode_target is not None else F.normalize(x, dim=-1)).float())
-    return Gallery(v.video_id.tolist(), v.label_id.to_numpy(str), torch.cat(feats), split)
+    feats = torch.cat(feats)
+    _check_finite(feats, "the model's target feature (encode_target) of video", ids)
+    return Gallery(ids, v.label_id.to_numpy(str), feats, split)
 
 # %% ../nbs/42_evaluate.ipynb #a018f54f
 EVAL_NEEDS = ("query_id", "query_video", "target_label_id", "modification")
@@ -213,13 +229,28 @@ def query_features(model,                       # an object with encode_query(vi
     "Composed query embeddings of the triplets in order (the normalised query-video embedding when `model` is None)."
     if model is not None and hasattr(model, "eval"): model.eval()
     dev = _model_device(model) if model is not None else torch.device("cpu")
-    raw = np.asarray(embeddings.lookup(triplets.query_video.astype(str).tolist()), np.float32)  # [Q, D]
+    videos = triplets.query_video.astype(str).tolist()
+    raw = np.asarray(embeddings.lookup(videos), np.float32)  # [Q, D]
+    _check_finite(raw, "the cached embedding of query video", videos)
     texts = triplets.modification.astype(str).tolist()
     out = []
     for i in tqdm(range(0, len(raw), batch_size), desc="queries", disable=not progress):
         v = torch.from_numpy(raw[i:i + batch_size]).to(dev)
         out.append((F.normalize(v, dim=-1) if model is None else model.encode_query(v, texts[i:i + batch_size])).float().cpu())
-    return torch.cat(out)
+    out = torch.cat(out)
+    qids = triplets["query_id"].tolist() if "query_id" in triplets.columns else list(range(len(triplets)))
+    _check_finite(out, "the model's query feature (encode_query) of query", qids)
+    return out
+
+
+@contextlib.contextmanager
+def variant_errors(name: str,            # the row's name (a key of `EvaluateConfig.variants`)
+                   var: VariantConfig,   # the row
+                  ) -> Iterator[None]:
+    "Prefix a `ValueError` raised inside with the table row, its model folder and its embeddings."
+    try: yield
+    except ValueError as e:
+        raise ValueError(f"evaluate.variants.{name} (model {var.model_dir or 'none: video only'}, embeddings {var.embeddings}): {e}") from None
 
 
 def load_stage2_model(model_dir: str | Path,    # a folder written by `ComposedModel.save_pretrained`
@@ -334,10 +365,11 @@ def evaluate_variants(cfg: EvaluateConfig,             # the `evaluate` section
         if var.embeddings not in caches: caches[var.embeddings] = load_embeddings(var.embeddings)
         emb = caches[var.embeddings]
         model = None if var.model_dir is None else load_model(var.model_dir, dev)
-        gallery = build_gallery(videos, cfg.split, emb, None if model is None else model.encode_target, dev if model is None else _model_device(model))
-        if ids is not None and gallery.ids != ids: raise RuntimeError(f"{name}: the gallery differs from the first variant's")
-        ids = gallery.ids
-        res = evaluate_model(query_features(model, triplets, emb, cfg.batch_size), gallery, triplets, cfg.ks, cfg.chunk_size)
+        with variant_errors(name, var):
+            gallery = build_gallery(videos, cfg.split, emb, None if model is None else model.encode_target, dev if model is None else _model_device(model))
+            if ids is not None and gallery.ids != ids: raise ValueError("the gallery differs from the first variant's")
+            ids = gallery.ids
+            res = evaluate_model(query_features(model, triplets, emb, cfg.batch_size), gallery, triplets, cfg.ks, cfg.chunk_size)
         rows.append({"model": name, "modalities": var.modalities, "fusion": var.fusion, "query_frames": var.query_frames,
                      "target_frames": var.target_frames, **{k: v for k, v in res.items() if "@" in k}, "queries": len(triplets)})
         per_query[name] = res["per_query"]

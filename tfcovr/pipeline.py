@@ -22,7 +22,7 @@ from .synth import SynthConfig
 from .triplets import TripletsConfig
 
 # %% auto #0
-__all__ = ['SOURCES', 'SCHEMA', 'DataConfig', 'Stage2Run', 'check_params']
+__all__ = ['SOURCES', 'EMBEDDINGS_ROOT', 'SCHEMA', 'DataConfig', 'Stage2Run', 'check_params']
 
 # %% ../nbs/90_pipeline.ipynb #04dfef3c
 SOURCES = ("synth", "real")
@@ -56,8 +56,11 @@ class Stage2Run:
     train: Stage2Config    # query model, loss and schedule
 
 # %% ../nbs/90_pipeline.ipynb #678eae19
+EMBEDDINGS_ROOT = "embeddings"  # the embed stage writes encoder <name>'s cache to embeddings/<name> (dvc.yaml)
+
 SCHEMA: dict[str, Any] = {
     "seed": int,                          # the one seed every random choice derives from
+    "threads": int,                       # intra-op CPU threads of training and embedding; fixed, so results do not depend on the machine's core count
     "data": DataConfig,                   # the data source
     "synth": SynthConfig,                 # SynthGym's size and look
     "pairing": PairingConfig,             # label pairs by text similarity
@@ -72,13 +75,23 @@ SCHEMA: dict[str, Any] = {
 
 
 def check_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    "Validate the whole of `path` against `SCHEMA`; return the typed sections."
+    "Validate the whole of `path` against `SCHEMA` and the references between sections; return the typed sections."
     ps = load_params(path, SCHEMA, strict=True)
+    def fail(key: str, msg: str): raise ParamsError(f"{path}: {key}: {msg}")
+    if ps["threads"] < 1: fail("threads", f"expected an int >= 1, got {ps['threads']}")
     data = ps["data"]
     if data.source == "synth" and Path(data.root) != Path("data/synth"):
-        raise ParamsError(f"{path}: data.root: the synth source is rendered into data/synth, got {str(data.root)!r}")
+        fail("data.root", f"the synth source is rendered into data/synth, got {str(data.root)!r}")
+    encoders = list(ps["embed"].encoders)
     for name, run in ps["stage2"].items():
-        if run.embeddings not in ps["embed"].encoders:
-            raise ParamsError(f"{path}: stage2.{name}.embeddings: {run.embeddings!r} is not an encoder of embed.encoders "
-                              f"(known: {', '.join(ps['embed'].encoders)})")
+        if run.embeddings not in encoders:
+            fail(f"stage2.{name}.embeddings", f"{run.embeddings!r} is not an encoder of embed.encoders (known: {', '.join(encoders)})")
+    caches = {Path(EMBEDDINGS_ROOT) / e: e for e in encoders}
+    for name, var in ps["evaluate"].variants.items():
+        if Path(var.embeddings) not in caches:
+            fail(f"evaluate.variants.{name}.embeddings", f"{var.embeddings!r} is no embedding cache of embed.encoders "
+                 f"(expected one of: {', '.join(str(p) for p in caches)})")
+    rows = ps["evaluate"].variants
+    if ps["report"].model not in rows:
+        fail("report.model", f"{ps['report'].model!r} is not a row of evaluate.variants (known: {', '.join(rows)})")
     return ps

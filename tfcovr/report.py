@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .clips import VideoRoots, video_root
 from .core import atomic_path, atomic_write, rng, write_json
 from .evaluate import (EvaluateConfig, EvaluationRun, Gallery, _load_embeddings, build_gallery, evaluate_model,
-                             load_stage2_model, query_features)
+                             load_stage2_model, query_features, variant_errors)
 from .metrics import DEFAULT_KS
 from .pairing import save_figure
 from .video import load_clip, resolve_video
@@ -303,9 +303,10 @@ def report_figures(cfg: ReportConfig,              # the `report` section
     var = ev.variants[cfg.model]
     emb = load_embeddings(var.embeddings)
     model = None if var.model_dir is None else load_model(var.model_dir, "cpu")
-    gallery = build_gallery(videos, ev.split, emb, None if model is None else model.encode_target)
-    q = query_features(model, triplets, emb, ev.batch_size)
-    top = evaluate_model(q, gallery, triplets, ev.ks, ev.chunk_size)["top_index"]
+    with variant_errors(cfg.model, var):
+        gallery = build_gallery(videos, ev.split, emb, None if model is None else model.encode_target)
+        q = query_features(model, triplets, emb, ev.batch_size)
+        top = evaluate_model(q, gallery, triplets, ev.ks, ev.chunk_size)["top_index"]
     pos = {v: i for i, v in enumerate(triplets.query_id)}
     for _, r in tqdm(choose_queries(triplets, cfg.n_queries, seed).iterrows(), total=cfg.n_queries, desc="figures", disable=not progress):
         done.append(out / f"query_{r['query_id']}.png")

@@ -1,0 +1,98 @@
+"""`tfcovr params` on modified copies of the repository's params.yaml: every mistake is one line naming the file and key."""
+import re
+
+import pytest
+
+from tfcovr.cli import main
+
+
+def edited(root, tmp_path, old, new, count=1):
+    "The repository's params.yaml with `old` replaced by `new` (`count` times), written to tmp_path."
+    text = (root / "params.yaml").read_text()
+    assert text.count(old) >= count, f"{old!r} not in params.yaml"
+    p = tmp_path / "params.yaml"
+    p.write_text(text.replace(old, new, count))
+    return p
+
+
+def params_error(path, capsys):
+    "Run `tfcovr params path`; it must exit 2 with one line on stderr, naming the file. Returns that line."
+    assert main(["params", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert str(path) in lines[0]
+    return lines[0]
+
+
+def test_repository_params_pass(root, capsys):
+    assert main(["params", str(root / "params.yaml")]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_duplicate_key_is_rejected_with_its_line(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "    lr: 0.0003               #", "    lr: 0.0003\n    lr: 0.001                #")
+    line = p.read_text().splitlines().index("    lr: 0.001                # the paper: 1e-5 at batch 512 with a frozen CLIP backbone") + 1
+    err = params_error(p, capsys)
+    assert f"line {line}: stage1.aim.lr: duplicate key (first at line {line - 1}" in err
+
+
+def test_duplicate_section_is_rejected(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "seed: 0 ", "seed: 1\nseed: 0 ")
+    assert "line 3: seed: duplicate key (first at line 2" in params_error(p, capsys)
+
+
+def test_merge_keys_may_still_be_overridden(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "{<<: *stage2_train, query: text}", "{<<: *stage2_train, query: text, epochs: 3}")
+    assert main(["params", str(p)]) == 0, capsys.readouterr().err
+
+
+def test_report_model_must_be_a_table_row(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "  model: TF-CoVR-Base\n  n_queries", "  model: TF-CoVR-Large\n  n_queries")
+    assert "report.model: 'TF-CoVR-Large' is not a row of evaluate.variants (known: TF-CoVR-Base," in params_error(p, capsys)
+
+
+def test_variant_embeddings_must_be_an_encoder_cache(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "model_dir: models/stage2/1-frame/model, embeddings: embeddings/aim1f",
+               "model_dir: models/stage2/1-frame/model, embeddings: embeddings/aim8f")
+    err = params_error(p, capsys)
+    assert "evaluate.variants.1-frame.embeddings: 'embeddings/aim8f' is no embedding cache of embed.encoders" in err
+    assert "embeddings/aim, embeddings/aim1f, embeddings/untrained" in err
+
+
+def test_variant_embeddings_outside_the_cache_folder(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "embeddings: embeddings/untrained,", "embeddings: models/untrained,")
+    assert "evaluate.variants.stage2-only.embeddings: 'models/untrained' is no embedding cache" in params_error(p, capsys)
+
+
+def test_variant_without_embeddings(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "model_dir: models/stage2/1-frame/model, embeddings: embeddings/aim1f,",
+               "model_dir: models/stage2/1-frame/model,")
+    assert "evaluate.variants.1-frame.embeddings: missing key" in params_error(p, capsys)
+
+
+def test_float_written_as_text_is_explained(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "    lr: 0.0003               #", "    lr: 3e-4                 #")
+    err = params_error(p, capsys)
+    assert "stage1.aim.lr: expected float, got '3e-4' (YAML reads 3e-4 as text: write 3.0e-4 or 0.0003)" in err
+
+
+def test_optional_float_written_as_text_is_explained(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "max_grad_norm: null", "max_grad_norm: 1e0")
+    assert "stage1.aim.max_grad_norm: expected float or NoneType, got '1e0' (YAML reads 1e0 as text: write 1.0e+0 or 1.0)" \
+        in params_error(p, capsys)
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("threads: 2 ", "threads: 0 ", "threads: expected an int >= 1, got 0"),
+    ("threads: 2 ", "threads: two ", "threads: expected int, got 'two'"),
+    ("threads: 2 ", "# threads: 2 ", "threads: missing section"),
+])
+def test_threads_is_required_and_positive(root, tmp_path, capsys, old, new, message):
+    assert message in params_error(edited(root, tmp_path, old, new), capsys)
+
+
+def test_evaluate_device_is_checked(root, tmp_path, capsys):
+    text = (root / "params.yaml").read_text()
+    old = re.search(r"\n  device: auto\n  variants:", text).group(0)
+    p = edited(root, tmp_path, old, old.replace("auto", "gpu"))
+    assert "evaluate: device: 'gpu' is not a device (allowed: auto, cpu, cuda, cuda:N, mps)" in params_error(p, capsys)
