@@ -23,6 +23,7 @@ def _params(args: argparse.Namespace) -> int:
 
 
 ROUTED = {  # command -> (module:function taking argv, help)
+    "fetch-labels": ("tfcovr.fetch:fetch_main", "download the FineGym / FineDiving annotation files, checked against pinned checksums"),
     "stage1": ("tfcovr.stage1:stage1_main", "train one Stage-1 encoder of params.yaml"),
     "embed": ("tfcovr.embed:embed_main", "extract one encoder's embedding cache"),
     "search": ("tfcovr.retrieval:search_main", "composed retrieval: VIDEO + TEXT -> top-k gallery videos"),
