@@ -1,15 +1,21 @@
 """Gallery index on disk, the composed retriever and the `tfcovr search` command, on a model trained on the synthetic problem."""
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from tfcovr.fusion import FusionConfig
+from tfcovr.cli import main
 from tfcovr.retrieval import ComposedRetriever, GalleryIndex, Hit, format_hits, search_main
 from tfcovr.composed import ArrayEmbeddings
 from tfcovr.stage2 import Stage2Config, synthetic_problem, train_stage2
 from tfcovr.text import TextConfig
+from tfcovr.video import load_clip
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,7 @@ def test_search_by_gallery_id_embedding_file_and_frames(trained, tmp_path):
     assert seen[0] == clip and seen[1].shape == (3, 8, 8, 3)
     with pytest.raises(ValueError, match="video_encoder="):
         r.search(clip, "turn it into a leap")
-    with pytest.raises(FileNotFoundError, match="neither a file nor a gallery video id"):
+    with pytest.raises(FileNotFoundError, match="neither a video file, a frame folder nor a gallery video id"):
         r.search("no_such_video", "x")
     with pytest.raises(ValueError, match="size 16"):
         r.search(np.zeros(16, np.float32), "x")
@@ -95,3 +101,75 @@ def test_search_command(trained, capsys):
     rc = search_main(["val1_0", "x", "--model", str(trained["dir"] / "nope"), "--gallery", str(trained["gallery"])])
     assert rc == 2 and "no config.json" in capsys.readouterr().err
     assert format_hits([]).split() == ["rank", "score", "video_id", "label"]
+
+
+def _where(trained) -> list[str]:
+    return ["--model", str(trained["model"]), "--gallery", str(trained["gallery"])]
+
+
+def _said(err: str) -> list[str]:
+    "The command's own stderr lines (loading the text model may draw a progress bar there too)."
+    return [line for line in err.split("\n") if line and "Loading weights" not in line]
+
+
+def test_search_command_takes_a_frame_folder_query(trained, tmp_path, monkeypatch, capsys):
+    "A FineDiving-style folder of JPEG frames is a query video, read by the Stage-1 encoder like an mp4."
+    import tfcovr.retrieval as R
+    folder = tmp_path / "01" / "7"; folder.mkdir(parents=True)
+    for k in range(5): Image.fromarray(np.full((16, 16, 3), 40 * k, np.uint8)).save(folder / f"{k:05d}.jpg")
+    emb, seen = trained["problem"]["embeddings"].lookup(["val1_0"])[0], []
+    def encoder(video):                                       # reads the frames as the Stage-1 encoder does
+        seen.append(load_clip(video, 4).shape)
+        return emb
+    monkeypatch.setattr(R, "load_video_encoder", lambda ckpt, device="cpu": encoder)
+    rc = main(["search", str(folder), "turn it into a leap", "-k", "3", "--stage1", "models/stage1", *_where(trained)])
+    out, err = capsys.readouterr()
+    assert (rc, _said(err), seen) == (0, [], [(4, 16, 16, 3)])
+    assert [line.split()[3] for line in out.splitlines()[1:]] == ["l4"] * 3
+    rc = main(["search", str(folder), "turn it into a leap", *_where(trained)])      # no encoder: one line, exit 2
+    assert rc == 2 and len(_said(capsys.readouterr().err)) == 1
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t\n", "... !"])
+def test_search_command_rejects_an_empty_text(trained, capsys, text):
+    rc = main(["search", "val1_0", text, *_where(trained)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(_said(err)) == 1
+    assert _said(err)[0].startswith("tfcovr search: error: the modification text") and "is empty" in err
+
+
+def test_search_command_says_when_the_text_is_cut(trained, capsys):
+    "The text encoder reads 16 tokens (the fixture's max_length): a 20,000-word text is searched, with a warning line."
+    assert search_main(["val1_0", "turn it into a leap", "-k", "3", *_where(trained)]) == 0
+    assert _said(capsys.readouterr().err) == []                                   # a short text: no warning
+    rc = search_main(["val1_0", "turn it into a leap " + "word " * 20000, "-k", "3", *_where(trained)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and len(out.splitlines()) == 4
+    assert _said(err) == ["tfcovr search: warning: modification text truncated: the text encoder reads 16 of its 20007 tokens"]
+
+
+def test_non_finite_scores_are_an_error_naming_the_model(trained, tmp_path, capsys):
+    r = ComposedRetriever(trained["model"], trained["gallery"])
+    with torch.no_grad():
+        for p in r.model.parameters(): p.fill_(float("nan"))
+    with pytest.raises(ValueError, match=re.escape(f"{trained['model']}: the model gives non-finite scores")):
+        r.search("val1_0", "turn it into a leap")
+    with pytest.raises(ValueError, match="query embedding is not finite"):
+        r.gallery.search(np.full(r.gallery.dim, np.nan, np.float32))
+    from safetensors.torch import load_file, save_file                             # the same, saved: the command
+    bad = tmp_path / "nan_model"; shutil.copytree(trained["model"], bad)
+    weights = load_file(bad / "model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+              bad / "model.safetensors", metadata={"format": "pt"})
+    rc = search_main(["val1_0", "turn it into a leap", "--model", str(bad), "--gallery", str(trained["gallery"])])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(_said(err)) == 1
+    assert _said(err)[0].startswith(f"tfcovr search: error: {bad}")
+
+
+@pytest.mark.parametrize("bug", [KeyError, TypeError])
+def test_search_command_lets_bugs_through(trained, monkeypatch, bug):
+    "Only bad input becomes a one-line error; a KeyError or TypeError from the code keeps its traceback."
+    def broken(self, *args, **kwargs): raise bug("a bug")
+    monkeypatch.setattr(ComposedRetriever, "search", broken)
+    with pytest.raises(bug, match="a bug"): search_main(["val1_0", "turn it into a leap", *_where(trained)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,9 +22,12 @@ from .core import atomic_dir
 from .fusion import check_dims
 from .composed import ComposedModel, model_device
 from .embed import load_video_encoder
+from .text import clean_caption
+from .video import ShortVideoWarning
 
 # %% auto #0
-__all__ = ['GalleryIndex', 'Hit', 'ComposedRetriever', 'format_hits', 'search_parser', 'search_main']
+__all__ = ['GalleryIndex', 'Hit', 'TextTruncatedWarning', 'check_text', 'ComposedRetriever', 'format_hits', 'search_parser',
+           'search_main']
 
 # %% ../nbs/44_retrieval.ipynb #2bf7f299
 class GalleryIndex:
@@ -107,6 +111,7 @@ class GalleryIndex:
         q = q[None] if q.ndim == 1 else q
         if q.ndim != 2 or q.shape[1] != self.dim: raise ValueError(f"query must be [D] or [B, D] with D = {self.dim}, got {tuple(q.shape)}")
         if k < 1: raise ValueError(f"k must be >= 1, got {k}")
+        if not torch.isfinite(q).all(): raise ValueError("query embedding is not finite (NaN or infinite values)")
         sim = F.normalize(q, dim=-1) @ self._unit.T                                    # [B, N]
         if exclude is not None:
             for i, v in enumerate(exclude):
@@ -122,6 +127,18 @@ class Hit(NamedTuple):
     label: str | None     # the video's label (None when the gallery has none)
 
 
+class TextTruncatedWarning(UserWarning):
+    "The text encoder reads only the beginning of a modification text."
+
+
+def check_text(text: str,  # a modification text
+              ) -> str:      # the text, unchanged
+    "A modification text with words in it; an empty one (or one of spaces and punctuation) is a ValueError."
+    if not isinstance(text, str): raise TypeError(f"text must be a string, got {type(text).__name__}")
+    if not clean_caption(text): raise ValueError(f"the modification text {text!r} is empty (no words once cleaned)")
+    return text
+
+
 class ComposedRetriever:
     "Top-k gallery videos for a query video and a modification text, with a saved Stage-2 model."
     def __init__(self, model_dir: str | Path,                  # folder of `tfcovr.composed.save_pretrained`
@@ -129,6 +146,7 @@ class ComposedRetriever:
                  video_encoder: Callable | str | Path | None = None,  # video -> [D], or a Stage-1 checkpoint folder
                  device: str = "cpu",                         # device of the Stage-2 model
                 ):
+        self.model_dir = Path(model_dir)
         self.model = ComposedModel.from_pretrained(model_dir, device)
         self.gallery = gallery if isinstance(gallery, GalleryIndex) else GalleryIndex.load(gallery)
         check_dims(self.model.checkpoint_dim, self.model.video_dim, self.gallery.dim)
@@ -138,25 +156,36 @@ class ComposedRetriever:
     def query_video(self, video) -> tuple[np.ndarray, str | None]:
         "The query's embedding [D] and the gallery id to leave out (a gallery video is not its own answer)."
         if isinstance(video, (str, Path)):
-            if isinstance(video, str) and video in self.gallery and not Path(video).is_file():
+            exists = Path(video).is_file() or Path(video).is_dir()        # an mp4 or a folder of JPEG frames
+            if isinstance(video, str) and video in self.gallery and not exists:
                 return self.gallery.features[self.gallery.position(video)], video
-            if not Path(video).is_file(): raise FileNotFoundError(f"query video {video}: neither a file nor a gallery video id")
+            if not exists: raise FileNotFoundError(f"query video {video}: neither a video file, a frame folder nor a gallery video id")
             return self._encode(video), None
         x = video.detach().cpu().numpy() if torch.is_tensor(video) else np.asarray(video)
         if x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] == 3: return self._encode(x), None
         if x.ndim == 1 and np.issubdtype(x.dtype, np.floating):
             if len(x) != self.gallery.dim: raise ValueError(f"query embedding has size {len(x)}, the gallery {self.gallery.dim}")
+            if not np.isfinite(x).all(): raise ValueError("query embedding is not finite (NaN or infinite values)")
             return x.astype(np.float32), None
         raise TypeError(f"query video must be a path, a gallery id, uint8 frames [T, H, W, 3] or an embedding [D]; got {x.dtype} {x.shape}")
 
     def _encode(self, video) -> np.ndarray:
         if self.video_encoder is None:
-            raise ValueError("a video file or frames needs the Stage-1 video encoder: pass video_encoder= (a callable or a "
-                             "Stage-1 checkpoint folder), or query by gallery video id or embedding")
+            raise ValueError("a video file, frame folder or frames need the Stage-1 video encoder: pass video_encoder= (a callable "
+                             "or a Stage-1 checkpoint folder; --stage1 on the command line), or query by gallery video id or embedding")
         e = self.video_encoder(video)
         e = np.asarray(e.detach().cpu() if torch.is_tensor(e) else e, np.float32).reshape(-1)
         if len(e) != self.gallery.dim: raise ValueError(f"video encoder gives size {len(e)}, the gallery {self.gallery.dim}")
+        if not np.isfinite(e).all(): raise ValueError(f"query video {video if isinstance(video, (str, Path)) else 'frames'}: "
+                                                      "the video encoder gives a non-finite embedding")
         return e
+
+    def text_cut(self, text: str) -> tuple[int, int] | None:
+        "(tokens read, tokens of the whole text) when the text encoder truncates `text`, else None."
+        te = self.model.text_encoder
+        if te is None: return None                                                   # a video-only model reads no text
+        read, whole = te.token_counts([text])[0]
+        return (read, whole) if read < whole else None
 
     @torch.no_grad()
     def search(self, video,            # gallery video id, video path, uint8 frames [T, H, W, 3] or embedding [D]
@@ -164,10 +193,14 @@ class ComposedRetriever:
                k: int = 5,             # number of hits
               ) -> list[Hit]:          # best first
         "The k gallery videos closest to the composed query (video, text)."
-        if not isinstance(text, str): raise TypeError(f"text must be a string, got {type(text).__name__}")
+        cut = self.text_cut(check_text(text))
+        if cut: warnings.warn(f"modification text truncated: the text encoder reads {cut[0]} of its {cut[1]} tokens",
+                              TextTruncatedWarning, stacklevel=2)
         emb, skip = self.query_video(video)
         v = torch.from_numpy(emb[None]).to(model_device(self.model))                 # [1, D]
         q = self.model.eval().encode_query(v, [text]).cpu()                          # [1, D]
+        if not torch.isfinite(q).all():
+            raise ValueError(f"{self.model_dir}: the model gives non-finite scores (NaN or infinite values in its query embedding)")
         hits = self.gallery.search(q, k, exclude=[skip])[0]
         labels = self.gallery.labels
         return [Hit(self.gallery.ids[j], s, None if labels is None else labels[j]) for j, s in hits]
@@ -183,12 +216,12 @@ def format_hits(hits: list[Hit]) -> str:
 def search_parser() -> argparse.ArgumentParser:
     "Arguments of `tfcovr search`."
     p = argparse.ArgumentParser(prog="tfcovr search", description="Find gallery videos that show VIDEO changed as TEXT says.")
-    p.add_argument("video", help="query: a gallery video id or a video file (a file needs --stage1)")
+    p.add_argument("video", help="query: a gallery video id, a video file or a folder of JPEG frames (a file or folder needs --stage1)")
     p.add_argument("text", help="the modification text")
     p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     p.add_argument("--model", required=True, help="Stage-2 model folder (save_pretrained)")
     p.add_argument("--gallery", required=True, help="gallery folder (GalleryIndex.save)")
-    p.add_argument("--stage1", default=None, help="Stage-1 checkpoint folder, to embed a video file")
+    p.add_argument("--stage1", default=None, help="Stage-1 checkpoint folder, to embed a video file or frame folder")
     p.add_argument("--device", default="cpu", help="device of the models (default cpu)")
     return p
 
@@ -196,10 +229,19 @@ def search_parser() -> argparse.ArgumentParser:
 def search_main(argv: list[str] | None = None) -> int:
     "`tfcovr search VIDEO TEXT -k 5 --model DIR --gallery DIR`: print the top-k table; input errors print one line, exit 2."
     args = search_parser().parse_args(argv)
-    try:
-        r = ComposedRetriever(args.model, args.gallery, args.stage1, args.device)
-        print(format_hits(r.search(args.video, args.text, args.k)))
-    except (FileNotFoundError, ValueError, KeyError, TypeError, ModuleNotFoundError) as e:
-        print(f"tfcovr search: error: {e}", file=sys.stderr)
+    error, ours = None, (TextTruncatedWarning, ShortVideoWarning)
+    with warnings.catch_warnings(record=True) as seen:
+        for c in ours: warnings.simplefilter("always", c)
+        try:
+            check_text(args.text)                                          # before loading any model
+            r = ComposedRetriever(args.model, args.gallery, args.stage1, args.device)
+            hits = r.search(args.video, args.text, args.k)
+        except (FileNotFoundError, ValueError, ModuleNotFoundError) as e: error = e   # bad input; VideoError, ParamsError are ValueErrors
+    for w in seen:
+        if issubclass(w.category, ours): print(f"tfcovr search: warning: {w.message}", file=sys.stderr)
+        else: warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if error is not None:
+        print(f"tfcovr search: error: {error}", file=sys.stderr)
         return 2
+    print(format_hits(hits))
     return 0
