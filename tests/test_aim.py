@@ -14,6 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from tfcovr import aim
 from tfcovr.aim import (AIM, AIMConfig, AIMVariant, aim_cfg, create_aim, list_aims, load_backbone, preprocess,
                         read_state_dict, register_aim)
+from tfcovr.composed import ModelFileError
 from tfcovr.core import ParamsError, from_dict
 
 NEW = re.compile(r"(^|\.)(t_adapter|s_adapter|mlp_adapter)\.|^temporal_embedding$|^head\.")
@@ -161,6 +162,37 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"): create_aim("aim-tiny", checkpoint_path=tmp_path / "x.pth")
 
 
+@pytest.mark.parametrize("cut", ["empty", "half", "tail"])
+def test_truncated_checkpoints_are_one_line_naming_the_file(tmp_path, cut):
+    "A .safetensors or .pth backbone cut short (or empty) raises one ModelFileError line that names the file."
+    sd = {k: v.contiguous() for k, v in plain_vit().state_dict().items()}
+    save_file(sd, str(tmp_path / "full.safetensors")); torch.save(sd, tmp_path / "full.pth")
+    for suffix in (".safetensors", ".pth"):
+        data = (tmp_path / f"full{suffix}").read_bytes()
+        bad = tmp_path / f"{cut}{suffix}"
+        bad.write_bytes({"empty": b"", "half": data[:len(data) // 2], "tail": data[:-16]}[cut])
+        with pytest.raises(ModelFileError) as e: create_aim("aim-tiny", checkpoint_path=bad)
+        msg = str(e.value)
+        assert str(bad) in msg and "\n" not in msg, msg
+        assert ("empty file" if cut == "empty" and suffix == ".safetensors" else "truncated" if suffix == ".safetensors"
+                else "not readable as a state dict") in msg, msg
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_non_finite_backbone_weights_are_refused(tmp_path, suffix):
+    sd = {k: v.clone().contiguous() for k, v in plain_vit().state_dict().items()}
+    sd["blocks.0.mlp.fc2.bias"][3] = float("inf")
+    path = tmp_path / f"diverged{suffix}"
+    save_file(sd, str(path)) if suffix == ".safetensors" else torch.save(sd, path)
+    with pytest.raises(ModelFileError, match=re.escape(f"{path}: tensor 'blocks.0.mlp.fc2.bias' holds 1 NaN or infinite value")):
+        create_aim("aim-tiny", checkpoint_path=path)
+
+
+def test_clip_length_is_bounded():
+    with pytest.raises(ValueError, match=r"num_frames must be in 1\.\.64, got 65"): create_aim("aim-tiny", num_frames=65)
+    with pytest.raises(ValueError, match=r"num_frames must be in 1\.\.64"): AIMConfig(num_frames=10**9)
+
+
 def test_pretrained_from_hf_cache(tmp_path, monkeypatch, frames):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="huggingface-cli download timm/vit_base_patch16_clip_224.openai"):
@@ -220,7 +252,8 @@ def test_config(frames):
     m = cfg.build(num_classes=4)
     assert m(frames).shape == (2, 4) and not m.freeze_backbone
     for bad, msg in [({"name": "aim-x"}, "unknown AIM variant"), ({"freeze_backbone": True}, "frozen random backbone"),
-                     ({"num_frames": 0}, "num_frames must be >= 1"), ({"drop_rate": 1.0}, "drop_rate must be in")]:
+                     ({"num_frames": 0}, r"num_frames must be in 1\.\.64, got 0"), ({"drop_rate": 1.0}, "drop_rate must be in"),
+                     ({"num_frames": 1_000_000_000}, r"aim: num_frames must be in 1\.\.64, got 1000000000")]:
         with pytest.raises(ParamsError, match=msg): from_dict(AIMConfig, {**good, **bad}, "aim")
 
 
@@ -235,7 +268,7 @@ def test_temporal_branch_matches_explicit_loop():
             for n in range(N):
                 seq = x[b * T:(b + 1) * T, n][None]                   # token n of clip b over time: [1, T, D]
                 ref = blk.t_adapter(blk.attn(blk.norm1(seq)))[0]
-                assert torch.allclose(out[b * T:(b + 1) * T, n], ref, atol=1e-5)
+                assert torch.allclose(out[b * T:(b + 1) * T, n], ref, atol=1e-4)   # values up to ~30: batched vs single kernels differ by ~1e-5
 
 
 def test_clips_do_not_interact(frames):

@@ -1,5 +1,7 @@
 """The composed model: every variant saves and loads to the same outputs; sizes and weights that disagree raise."""
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tfcovr.composed import ArrayEmbeddings, ComposedModel, model_device, save_pretrained, weights_dim
+from tfcovr.composed import (ArrayEmbeddings, ComposedModel, ModelFileError, load_weights, model_device, read_safetensors,
+                             read_torch_state, safetensors_header, save_pretrained, weights_dim, write_safetensors)
+from tfcovr.core import write_json
 from tfcovr.fusion import FusionConfig
 from tfcovr.text import TextConfig
 
@@ -98,3 +102,70 @@ def test_array_embeddings():
         e.lookup(["a", "x", "y"])
     with pytest.raises(ValueError, match="distinct ids"):
         ArrayEmbeddings(["a", "b"], np.zeros((3, 2)))
+
+
+BROKEN_CONFIGS = [("[32, 64]", "expected a JSON object, got a list"), ('{"video_dim": 32,', "not JSON"), ("", "not JSON (empty file)"),
+                  ('{"query": "fusion", "text": null, "fusion": null}', "missing key 'video_dim'"),
+                  ('{"video_dim": "32", "query": "fusion"}', "video_dim must be an integer"),
+                  ('{"video_dim": 32, "query": "both", "text": null, "fusion": null}', "query must be fusion, text or video")]
+
+
+@pytest.mark.parametrize("text,msg", BROKEN_CONFIGS)
+def test_a_broken_config_is_one_line_naming_it(tmp_path, text, msg):
+    combiner_model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(text)
+    with pytest.raises(ModelFileError) as e: ComposedModel.from_pretrained(tmp_path / "m")
+    assert str(e.value).startswith(f"{tmp_path / 'm' / 'config.json'}: ") and msg in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("cut", ["empty", "header", "half", "last byte"])
+def test_a_truncated_weight_file_is_one_line_naming_it(tmp_path, cut):
+    combiner_model().save_pretrained(tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes({"empty": b"", "header": data[:6], "half": data[:len(data) // 2], "last byte": data[:-1]}[cut])
+    for load in (lambda: ComposedModel.from_pretrained(tmp_path / "m"), lambda: load_weights(combiner_model(), w), lambda: weights_dim(w)):
+        with pytest.raises(ModelFileError) as e: load()
+        assert str(e.value).startswith(f"{w}: ") and "\n" not in str(e.value), str(e.value)
+        assert ("empty file" if cut == "empty" else "truncated or corrupt") in str(e.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path, value):
+    m = combiner_model(); m.save_pretrained(tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    sd["text_encoder.proj.bias"][5] = value
+    from safetensors.torch import save_file
+    save_file(sd, str(w))
+    with pytest.raises(ModelFileError, match=re.escape(f"{w}: tensor 'text_encoder.proj.bias' holds 1 NaN or infinite value")):
+        ComposedModel.from_pretrained(tmp_path / "m")
+
+
+def test_weights_get_the_mode_of_the_json_beside_them(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_pretrained(combiner_model(), tmp_path / "m")
+        write_safetensors({"x": torch.ones(2)}, tmp_path / "x.safetensors"); write_json(tmp_path / "x.json", {})
+    finally: os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777
+    assert mode(tmp_path / "m" / "model.safetensors") == mode(tmp_path / "m" / "config.json") == 0o644
+    assert mode(tmp_path / "x.safetensors") == mode(tmp_path / "x.json") == 0o644
+
+
+def test_one_safetensors_path_round_trips_metadata_and_shared_tensors(tmp_path):
+    a = torch.arange(6.).reshape(2, 3)
+    write_safetensors({"a": a, "view": a[0], "same": a}, tmp_path / "w.safetensors", {"run": "x"})
+    sd, meta = read_safetensors(tmp_path / "w.safetensors")
+    assert meta["run"] == "x" and torch.equal(sd["a"], a) and torch.equal(sd["view"], a[0]) and torch.equal(sd["same"], a)
+    assert safetensors_header(tmp_path / "w.safetensors")[0] == {"a": (2, 3), "view": (3,), "same": (2, 3)}
+
+
+def test_a_broken_torch_state_is_one_line(tmp_path):
+    torch.save({"epoch": 1}, tmp_path / "s.pt")
+    assert read_torch_state(tmp_path / "s.pt", ("epoch",)) == {"epoch": 1}
+    with pytest.raises(ModelFileError, match="missing key 'step'"): read_torch_state(tmp_path / "s.pt", ("epoch", "step"))
+    (tmp_path / "s.pt").write_bytes((tmp_path / "s.pt").read_bytes()[:40])
+    with pytest.raises(ModelFileError, match="s.pt: not readable, truncated or corrupt"): read_torch_state(tmp_path / "s.pt")
+    torch.save([1], tmp_path / "l.pt")
+    with pytest.raises(ModelFileError, match="l.pt: expected a dict, got a list"): read_torch_state(tmp_path / "l.pt")

@@ -20,9 +20,12 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from .composed import ModelFileError, check_finite, read_safetensors
+
 # %% auto #0
-__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'Adapter', 'AIMBlock', 'AIM', 'AIMVariant', 'register_aim', 'list_aims',
-           'aim_cfg', 'read_state_dict', 'load_backbone', 'cached_weights', 'create_aim', 'preprocess', 'AIMConfig']
+__all__ = ['MAX_FRAMES', 'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'Adapter', 'AIMBlock', 'AIM', 'AIMVariant', 'register_aim',
+           'list_aims', 'aim_cfg', 'read_state_dict', 'load_backbone', 'cached_weights', 'create_aim', 'preprocess',
+           'AIMConfig']
 
 # %% ../nbs/21_aim.ipynb #1bb8b0c3
 class Adapter(nn.Module):
@@ -86,6 +89,7 @@ class AIMBlock(Block):
         return x + self.ls2(self.mlp(xn)) + self.drop_path(self.adapter_scale * self.mlp_adapter(xn))
 
 # %% ../nbs/21_aim.ipynb #3e319875
+MAX_FRAMES = 64  # the longest clip a config may ask for (the published model: 12 frames)
 _NEW_KEY = re.compile(r"(^|\.)(t_adapter|s_adapter|mlp_adapter)\.|^temporal_embedding$|^head\.")
 
 
@@ -104,7 +108,7 @@ class AIM(VisionTransformer):
                  adapter_scale: float = 0.5,   # weight of the MLP adapter
                  freeze_backbone: bool = True, # train only adapters, temporal embedding, final norm and head
                  **kwargs):                    # timm `VisionTransformer` arguments (img_size, embed_dim, depth, ...)
-        if num_frames < 1: raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if not 1 <= num_frames <= MAX_FRAMES: raise ValueError(f"num_frames must be in 1..{MAX_FRAMES}, got {num_frames}")
         block_fn = partial(AIMBlock, num_frames=num_frames, temporal=temporal,
                            adapter_ratio=adapter_ratio, adapter_scale=adapter_scale)
         super().__init__(block_fn=block_fn, global_pool="token", class_token=True, **kwargs)
@@ -201,7 +205,7 @@ class AIMVariant:
     def __post_init__(self):
         if self.img_size % self.patch_size: raise ValueError(f"{self.name}: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads: raise ValueError(f"{self.name}: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.num_frames < 1: raise ValueError(f"{self.name}: num_frames must be >= 1, got {self.num_frames}")
+        if not 1 <= self.num_frames <= MAX_FRAMES: raise ValueError(f"{self.name}: num_frames must be in 1..{MAX_FRAMES}, got {self.num_frames}")
 
     @property
     def input_size(self) -> tuple[int, int, int]: return (3, self.img_size, self.img_size)
@@ -258,16 +262,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     "A state dict from `.safetensors`, or `.bin`/`.pth` via `torch.load(weights_only=True)`; unreadable files raise naming the file."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {path}: no such file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path), device="cpu")
-        else: sd = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors": return read_safetensors(path)[0]      # one error line naming the file
+    try: sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path}: not readable as a state dict ({type(e).__name__}: {e}); OpenAI's TorchScript "
-                         "ViT-B-16.pt must first be saved as a state dict: torch.save(torch.jit.load(p, map_location='cpu')"
-                         ".state_dict(), 'clip_b16.pth')") from None
-    if not isinstance(sd, Mapping): raise ValueError(f"checkpoint {path}: expected a state dict, got {type(sd).__name__}")
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelFileError(f"checkpoint {path}: not readable as a state dict ({type(e).__name__}: {why}); OpenAI's TorchScript "
+                             "ViT-B-16.pt must first be saved as a state dict: torch.save(torch.jit.load(p, map_location='cpu')"
+                             ".state_dict(), 'clip_b16.pth')") from None
+    if not isinstance(sd, Mapping): raise ModelFileError(f"checkpoint {path}: expected a state dict, got {type(sd).__name__}")
     return dict(sd)
 
 
@@ -278,6 +280,7 @@ def load_backbone(model: AIM,                          # the model to fill
     where = "state dict" if isinstance(src, Mapping) else str(src)
     sd = checkpoint_filter_fn(dict(src) if isinstance(src, Mapping) else read_state_dict(src), model)
     sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    check_finite(sd, f"checkpoint {where}")
     own = model.state_dict()
     unexpected = [k for k in sd if k not in own]
     missing = [k for k in own if k not in sd]
@@ -352,7 +355,7 @@ class AIMConfig:
 
     def __post_init__(self):
         aim_cfg(self.name)
-        if self.num_frames < 1: raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if not 1 <= self.num_frames <= MAX_FRAMES: raise ValueError(f"num_frames must be in 1..{MAX_FRAMES}, got {self.num_frames}")
         if self.pretrained and self.checkpoint_path is not None: raise ValueError("give pretrained or checkpoint_path, not both")
         if self.freeze_backbone and not (self.pretrained or self.checkpoint_path is not None):
             raise ValueError("freeze_backbone needs weights (pretrained or checkpoint_path): a frozen random backbone learns nothing")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,17 +16,20 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .core import atomic_dir, from_dict, to_dict
+from .core import atomic_dir, atomic_write, from_dict, to_dict, write_json
 from .fusion import FusionConfig, check_dims, create_fusion
 from .text import TextConfig
 
 # %% auto #0
-__all__ = ['QueryMode', 'CONFIG_FILE', 'WEIGHTS_FILE', 'model_device', 'ComposedModel', 'write_weights', 'load_weights',
-           'weights_dim', 'save_pretrained', 'ArrayEmbeddings']
+__all__ = ['QueryMode', 'CONFIG_FILE', 'WEIGHTS_FILE', 'MAX_DIM', 'model_device', 'ComposedModel', 'ModelFileError',
+           'read_json_object', 'check_finite', 'read_torch_state', 'write_safetensors', 'safetensors_header',
+           'read_safetensors', 'load_state', 'write_weights', 'load_weights', 'weights_dim', 'save_pretrained',
+           'ArrayEmbeddings']
 
 # %% ../nbs/33_composed.ipynb #1dc1dbc5
 QueryMode = Literal["fusion", "text", "video"]
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+MAX_DIM = 1 << 16  # the largest embedding size a config may name
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -59,10 +63,16 @@ class ComposedModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict, where: str = "config") -> ComposedModel:
-        "The (untrained) model described by `config` (see `ComposedModel.config`)."
+        "The (untrained) model described by `config` (see `ComposedModel.config`); a bad entry raises naming `where` and the key."
+        for k in ("video_dim", "query"):
+            if k not in config: raise ModelFileError(f"{where}: missing key {k!r}")
+        dim = config["video_dim"]
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_DIM:
+            raise ModelFileError(f"{where}: video_dim must be an integer in 1..{MAX_DIM}, got {dim!r}")
         text = from_dict(TextConfig, config["text"], f"{where}.text") if config.get("text") else None
         fusion = from_dict(FusionConfig, config["fusion"], f"{where}.fusion") if config.get("fusion") else None
-        return cls(int(config["video_dim"]), config["query"], text, fusion)
+        try: return cls(dim, config["query"], text, fusion)
+        except (ValueError, TypeError) as e: raise ModelFileError(f"{where}: {e}") from None
 
     def train(self, mode: bool = True) -> ComposedModel:
         "Training mode, except that a frozen text backbone stays in eval mode (no dropout in fixed features)."
@@ -134,38 +144,155 @@ class ComposedModel(nn.Module):
         folder = Path(folder)
         for f in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / f).is_file(): raise FileNotFoundError(f"{folder}: no {f}; not a folder written by save_pretrained")
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        ckpt = weights_dim(folder / WEIGHTS_FILE)
-        check_dims(ckpt, config.get("video_dim"), None)
+        config = read_json_object(folder / CONFIG_FILE, ("video_dim", "query"))
         model = cls.from_config(config, str(folder / CONFIG_FILE))
+        ckpt = weights_dim(folder / WEIGHTS_FILE)
+        check_dims(ckpt, config["video_dim"], None)
         load_weights(model, folder / WEIGHTS_FILE)
         model.checkpoint_dim = ckpt
         return model.to(device).eval()
 
 # %% ../nbs/33_composed.ipynb #ef373f97
+class ModelFileError(ValueError):
+    "A model file (weights, config, checkpoint state) is unreadable or does not fit; the message names the file."
+
+
+def _kind(obj: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(obj), "null" if obj is None else type(obj).__name__)
+
+
+def read_json_object(path: str | Path,             # a JSON file that must hold one object
+                     required: Sequence[str] = (), # keys it must have
+                    ) -> dict[str, Any]:
+    "The JSON object in `path`; not JSON, not an object or a missing key raises `ModelFileError` naming the file."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
+    try: obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError: raise ModelFileError(f"{path}: not JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        why = "empty file" if not path.stat().st_size else f"{e.msg} at line {e.lineno} column {e.colno}"
+        raise ModelFileError(f"{path}: not JSON ({why})") from None
+    if not isinstance(obj, dict): raise ModelFileError(f"{path}: expected a JSON object, got {_kind(obj)}")
+    missing = [k for k in required if k not in obj]
+    if missing: raise ModelFileError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    return obj
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor],  # name -> tensor
+                 where: str | Path,                     # the file they came from (for the message)
+                ) -> None:
+    "Raise `ModelFileError` naming `where` and the first tensor that holds a NaN or an infinity."
+    for k, v in tensors.items():
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            n = int((~torch.isfinite(v)).sum())
+            raise ModelFileError(f"{where}: tensor {k!r} holds {n} NaN or infinite value{'s' if n > 1 else ''}: "
+                                 "the run that wrote it diverged")
+
+
+def read_torch_state(path: str | Path,             # a file written by `torch.save`
+                     required: Sequence[str] = (), # keys the dict must have
+                    ) -> dict[str, Any]:
+    "A `torch.save`d dict of tensors and builtins (read with `weights_only=True`); unreadable, not a dict or a missing key raises naming the file."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0: raise ModelFileError(f"{path}: empty file (0 bytes)")
+    try: obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelFileError(f"{path}: not readable, truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(obj, dict): raise ModelFileError(f"{path}: expected a dict, got {_kind(obj)}")
+    missing = [k for k in required if k not in obj]
+    if missing: raise ModelFileError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    return obj
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor],  # name -> tensor (any device)
+                      path: str | Path,                      # the file to write
+                      metadata: Mapping[str, str] | None = None,  # string metadata for the header
+                     ) -> Path:
+    "Write `tensors` as a safetensors file, atomically and with the file mode of every other output."
+    from safetensors.torch import save
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v     # tensors sharing memory (tied weights) are stored apart
+        seen.add(ptr)
+    data = save(out, metadata=dict(metadata) if metadata else None)
+    with atomic_write(path, "wb") as f: f.write(data)
+    return Path(path)
+
+
+def _open_safetensors(path: Path):
+    from safetensors import safe_open
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0: raise ModelFileError(f"{path}: empty file (0 bytes), not safetensors weights")
+    try: return safe_open(str(path), "pt", device="cpu")
+    except Exception as e:
+        raise ModelFileError(f"{path}: not a readable safetensors file, truncated or corrupt ({str(e).splitlines()[0]})") from None
+
+
+def safetensors_header(path: str | Path,  # a safetensors file
+                      ) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:  # name -> shape, metadata
+    "The tensor shapes and the metadata of a safetensors file, without reading the tensors."
+    path = Path(path)
+    with _open_safetensors(path) as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def read_safetensors(path: str | Path,  # a safetensors file
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # tensors (CPU), metadata
+    "Every tensor and the metadata of a safetensors file; unreadable or non-finite weights raise `ModelFileError`."
+    path = Path(path)
+    try:
+        with _open_safetensors(path) as f: sd, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (ModelFileError, FileNotFoundError): raise
+    except Exception as e: raise ModelFileError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    check_finite(sd, path)
+    return sd, meta
+
+
+def load_state(model: nn.Module,                    # the model to fill
+               state: Mapping[str, torch.Tensor],   # name -> tensor; every one must fit
+               where: str | Path,                   # where `state` came from (for the message)
+               what: str = "the model of its config",  # what the model is (for the message)
+              ) -> None:
+    "`model.load_state_dict(state, strict=True)`; missing, unexpected or wrongly shaped tensors raise one `ModelFileError` line."
+    own = model.state_dict()
+    faults = [(f"missing tensors ({len(ks)})", ks) for ks in [[k for k in own if k not in state]] if ks]
+    faults += [(f"unexpected tensors ({len(ks)})", ks) for ks in [[k for k in state if k not in own]] if ks]
+    faults += [("wrong shape, file vs model", ks) for ks in [[f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+                                                             for k in state if k in own and state[k].shape != own[k].shape]] if ks]
+    if faults:
+        raise ModelFileError(f"{where}: weights do not fit {what}: " + "; ".join(
+            f"{name}: {', '.join(ks[:4])}{' ...' if len(ks) > 4 else ''}" for name, ks in faults))
+    model.load_state_dict(dict(state), strict=True)
+
+
 def write_weights(model: nn.Module,  # the model whose tensors are written
                   path: Path,        # the safetensors file
-                 ) -> None:
-    "Write every tensor of `model` to a safetensors file."
-    from safetensors.torch import save_model
-    save_model(model, str(path))
+                  metadata: Mapping[str, str] | None = None,  # string metadata for the header
+                 ) -> Path:
+    "Write every tensor of `model`'s state dict to a safetensors file (`write_safetensors`)."
+    return write_safetensors(model.state_dict(), path, metadata)
 
 
 def load_weights(model: nn.Module,  # the model to fill; every tensor must fit
                  path: Path,        # a safetensors file of `write_weights`
-                ) -> None:
-    "Load a safetensors file into `model` strictly; weights that do not fit raise, naming the file."
-    from safetensors.torch import load_model
-    try: load_model(model, str(path), strict=True)
-    except RuntimeError as e: raise ValueError(f"{path}: weights do not fit the model of its config: {str(e)[:400]}") from None
+                 what: str = "the model of its config",  # what the model is (for the message)
+                ) -> dict[str, str]:  # the file's metadata
+    "Load a safetensors file into `model` strictly; a file that is unreadable, non-finite or does not fit raises, naming it."
+    sd, meta = read_safetensors(path)
+    load_state(model, sd, path, what)
+    return meta
 
 
 def weights_dim(path: Path) -> int | None:
     "Video size stored in a weight file (None: no text projection, e.g. a video-only model)."
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        if "text_encoder.proj.weight" not in f.keys(): return None
-        return int(f.get_slice("text_encoder.proj.weight").get_shape()[0])
+    shapes, _ = safetensors_header(path)
+    shape = shapes.get("text_encoder.proj.weight")
+    if shape is None: return None
+    if len(shape) != 2: raise ModelFileError(f"{path}: tensor 'text_encoder.proj.weight' has shape {list(shape)}, expected [D, H]")
+    return int(shape[0])
 
 
 def save_pretrained(model: ComposedModel,  # the model to save
@@ -173,7 +300,7 @@ def save_pretrained(model: ComposedModel,  # the model to save
                    ) -> Path:
     "Write `config.json` (architecture) and `model.safetensors` (all weights) to `folder`."
     with atomic_dir(folder) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.config, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / CONFIG_FILE, model.config)
         write_weights(model, tmp / WEIGHTS_FILE)
     return Path(folder)
 

@@ -23,23 +23,26 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from .aim import AIM, AIMConfig, aim_cfg, create_aim
+from .composed import ModelFileError, load_weights, read_torch_state, safetensors_header, write_weights
 from .clips import ClipDataset, VideoRoots, add_data_args, args_roots, class_index, video_fingerprint
-from .core import (atomic_dir, atomic_path, derive_seed, get_device, load_params, seed_everything,
+from .core import (atomic_dir, atomic_path, atomic_write, derive_seed, get_device, load_params, seed_everything,
                          stable_hash, to_dict, write_json)
 
 # %% auto #0
-__all__ = ['Stage1Config', 'lr_factor', 'param_groups', 'DistInfo', 'distributed', 'all_sum', 'barrier', 'save_weights',
-           'read_meta', 'weights_sha256', 'checkpoint_file', 'load_stage1', 'autocast', 'resolve_amp', 'evaluate',
-           'plot_history', 'Stage1Result', 'train_stage1', 'predict_stage1', 'load_stage1_params', 'stage1_main']
+__all__ = ['MAX_EPOCHS', 'MAX_BATCH', 'MAX_WORKERS', 'Stage1Config', 'lr_factor', 'param_groups', 'DistInfo', 'distributed',
+           'all_sum', 'barrier', 'save_weights', 'read_meta', 'weights_sha256', 'checkpoint_file', 'load_stage1',
+           'autocast', 'resolve_amp', 'evaluate', 'plot_history', 'Stage1Result', 'train_stage1', 'predict_stage1',
+           'load_stage1_params', 'stage1_main']
 
 # %% ../nbs/22_stage1.ipynb #fcd3f574
+MAX_EPOCHS, MAX_BATCH, MAX_WORKERS = 100_000, 65_536, 256  # beyond these a config value is a typo, not a plan
+
+
 @dataclasses.dataclass
 class Stage1Config:
     "Stage 1: train an AIM classifier over all action classes (one entry of params.yaml's `stage1` section)."
@@ -63,14 +66,14 @@ class Stage1Config:
     amp: Literal["auto", "bf16", "none"] = "auto"    # bf16 autocast (CUDA only); auto: bf16 on CUDA, none on CPU
 
     def __post_init__(self):
-        if self.epochs < 1: raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not 1 <= self.epochs <= MAX_EPOCHS: raise ValueError(f"epochs must be in 1..{MAX_EPOCHS}, got {self.epochs}")
         for k in ("batch_size", "grad_accum"):
-            if getattr(self, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if not self.lr > 0: raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0: raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            if not 1 <= getattr(self, k) <= MAX_BATCH: raise ValueError(f"{k} must be in 1..{MAX_BATCH}, got {getattr(self, k)}")
+        if not 0 < self.lr <= 1: raise ValueError(f"lr must be in (0, 1], got {self.lr}")
+        if not 0 <= self.weight_decay <= 1: raise ValueError(f"weight_decay must be in [0, 1], got {self.weight_decay}")
         if not 0 <= self.warmup_epochs <= self.epochs: raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if not 0 <= self.label_smoothing < 1: raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0: raise ValueError("max_grad_norm must be > 0 or null")
+        if self.max_grad_norm is not None and not 0 < self.max_grad_norm < math.inf: raise ValueError(f"max_grad_norm must be > 0 (finite) or null, got {self.max_grad_norm}")
         self.crop_scale = tuple(self.crop_scale)
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1: raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {list(self.crop_scale)}")
         if self.randaugment is not None:
@@ -78,7 +81,7 @@ class Stage1Config:
             if len(self.randaugment) != 2 or self.randaugment[0] < 1 or not 0 <= self.randaugment[1] <= 30:
                 raise ValueError(f"randaugment must be [num_ops >= 1, magnitude 0-30] or null, got {list(self.randaugment)}")
         if self.train_split == self.val_split: raise ValueError(f"train_split and val_split are both {self.train_split!r}")
-        if self.num_workers < 0: raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= self.num_workers <= MAX_WORKERS: raise ValueError(f"num_workers must be in 0..{MAX_WORKERS}, got {self.num_workers}")
         if self.cache_clips and self.num_workers: raise ValueError(
             f"cache_clips needs num_workers 0 (got {self.num_workers}): worker processes end with their epoch and take the cache with them")
         if self.device == "cpu" and self.amp == "bf16": raise ValueError("amp 'bf16' needs CUDA: use amp 'none' or 'auto' on CPU")
@@ -145,16 +148,22 @@ def barrier() -> None:
 # %% ../nbs/22_stage1.ipynb #13ba1e08
 def save_weights(model: torch.nn.Module, path: str | Path, meta: dict[str, Any]) -> Path:
     "Write `model`'s state dict as safetensors with `meta` (JSON) in its metadata, atomically."
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp: save_file(sd, str(tmp), metadata={"tfcovr": json.dumps(meta)})
-    return Path(path)
+    return write_weights(model, path, {"tfcovr": json.dumps(meta)})
+
+
+_META_KEYS = ("model", "num_frames", "size", "classes")
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    "The run description stored in a Stage-1 safetensors file."
-    with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
-    if "tfcovr" not in meta: raise ValueError(f"{path}: not a Stage-1 checkpoint (no 'tfcovr' metadata)")
-    return json.loads(meta["tfcovr"])
+    "The run description stored in a Stage-1 safetensors file; a file without a valid one raises naming it."
+    _, header = safetensors_header(path)
+    if "tfcovr" not in header: raise ModelFileError(f"{path}: not a Stage-1 checkpoint (no 'tfcovr' metadata)")
+    try: meta = json.loads(header["tfcovr"])
+    except json.JSONDecodeError as e: raise ModelFileError(f"{path}: its 'tfcovr' metadata is not JSON ({e.msg})") from None
+    if not isinstance(meta, dict): raise ModelFileError(f"{path}: its 'tfcovr' metadata is not a JSON object")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing: raise ModelFileError(f"{path}: its 'tfcovr' metadata lacks {', '.join(map(repr, missing))}")
+    return meta
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -182,9 +191,9 @@ def load_stage1(run_dir: str | Path,                       # a Stage-1 run folde
     "Rebuild a trained Stage-1 classifier from its checkpoint alone."
     path = checkpoint_file(run_dir, which)
     meta = read_meta(path)
-    model = create_aim(meta["model"], num_frames=meta["num_frames"], num_classes=len(meta["classes"]))
-    try: model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
-    except RuntimeError as e: raise ValueError(f"{path}: weights do not fit {meta['model']} ({e})") from None
+    try: model = create_aim(meta["model"], num_frames=meta["num_frames"], num_classes=len(meta["classes"]))
+    except (ValueError, TypeError) as e: raise ModelFileError(f"{path}: its metadata describes no buildable model ({e})") from None
+    load_weights(model, path, meta["model"])
     return model.to(device).eval(), {**meta, "path": str(path)}
 
 # %% ../nbs/22_stage1.ipynb #4d652802
@@ -310,8 +319,9 @@ def _clips_digest(ds: ClipDataset) -> str:
 def _load_trainer(out: Path, run: dict, on_mismatch: str) -> dict | None:
     f = out / "last" / "trainer.pt"
     if not f.is_file(): return None
-    state = torch.load(f, map_location="cpu", weights_only=True)
-    old = json.loads(state["run"])
+    state = read_torch_state(f, ("epoch", "optimizer", "scheduler", "history", "best", "run"))
+    try: old = json.loads(state["run"])
+    except (TypeError, json.JSONDecodeError): raise ModelFileError(f"{f}: its 'run' entry is not the JSON run description") from None
     if old == run: return state
     if on_mismatch == "restart": return None
     raise ValueError(f"{out}/last holds a checkpoint of another run ({'; '.join(_diff(old, run)[:6])}): "
@@ -327,9 +337,11 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
                  stop_after: int | None = None,     # end this call after so many epochs (None: run to the end)
                  on_mismatch: Literal["raise", "restart"] = "raise",  # a checkpoint of another run: raise, or start over
                  progress: bool = True,             # tqdm bars (rank 0)
+                 log_every: int = 1,                # print one line every this many epochs (rank 0); 0: none
                  ) -> Stage1Result:
     "Train AIM as an action classifier; checkpoints every epoch and resumes exactly."
     out = Path(out_dir)
+    if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
     classes = class_index(labels)
     tr_df, va_df = (labels[labels["split"] == s] for s in (cfg.train_split, cfg.val_split))
     for s, df in ((cfg.train_split, tr_df), (cfg.val_split, va_df)):
@@ -365,11 +377,14 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
         history, best, start = [], {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")}, 0
         if state is not None:
-            model.load_state_dict(load_file(str(out / "last" / "model.safetensors"), device=str(d.device)))
+            load_weights(model, out / "last" / "model.safetensors", cfg.model.name)
             opt.load_state_dict(state["optimizer"]); sched.load_state_dict(state["scheduler"])
             history, best, start = state["history"], state["best"], state["epoch"]
 
         end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+        say = (lambda line: print(f"stage1 {out.name}: {line}", flush=True)) if log_every and d.main else (lambda line: None)
+        say(f"epochs {start + 1}..{end} of {cfg.epochs}, {len(train_ds)} train and {len(val_ds)} val clips, "
+            f"{len(classes)} classes, {d.world} process(es) on {d.device.type}" if start < end else f"done ({start}/{cfg.epochs} epochs)")
         for epoch in tqdm(range(start, end), desc=f"stage1 {cfg.model.name}", initial=start, total=cfg.epochs,
                           disable=not (progress and d.main)):
             torch.manual_seed(derive_seed(seed, "stage1", "epoch", epoch, "rank", d.rank))  # dropout, drop-path
@@ -386,9 +401,13 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
                 if improved: save_weights(model, out / "best.safetensors", meta); write_json(out / "best.json", meta)
                 with atomic_dir(out / "last") as tmp:
                     save_weights(model, tmp / "model.safetensors", meta)
-                    torch.save({"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                "history": history, "best": best, "run": json.dumps(run)}, tmp / "trainer.pt")
+                    with atomic_write(tmp / "trainer.pt", "wb") as f:
+                        torch.save({"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                    "history": history, "best": best, "run": json.dumps(run)}, f)
                 _write_reports(out, history, best, run)
+            if (epoch + 1) % max(log_every, 1) == 0 or epoch + 1 == end:
+                say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.3f} train_acc {row['train_acc']:.3f} "
+                    f"val_acc {row['val_acc']:.3f} ({row['seconds']:.1f} s)")
             barrier()
 
         sha = weights_sha256(model)
