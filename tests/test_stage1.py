@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from tfcovr.aim import AIMConfig
 from tfcovr.clips import toy_clips
-from tfcovr.core import derive_seed, seed_everything, to_dict
+from tfcovr.composed import ModelFileError
+from tfcovr.core import TMPDIR_ENV, derive_seed, seed_everything, to_dict
 from tfcovr.stage1 import Stage1Config, load_stage1, train_stage1
 from tfcovr.video import VideoError
 
@@ -103,3 +104,64 @@ def test_a_corrupt_training_video_is_named(toy, tmp_path):
     (videos / "toy_val_up_0.mp4").unlink()
     with pytest.raises(FileNotFoundError, match="toy_val_up_0"):
         train_stage1(cfg(epochs=1), labels, videos, tmp_path / "run", seed=0, progress=False)
+
+
+# Trains, and dies (SIGKILL) in the middle of writing the first epoch's `last/` checkpoint.
+KILLED = """
+import json, os, signal, sys
+from pathlib import Path
+import pandas as pd
+import torch
+from tfcovr.core import from_dict
+from tfcovr.stage1 import Stage1Config, train_stage1
+save = torch.save
+def die(obj, f, *a, **k):
+    save(obj, f, *a, **k); os.kill(os.getpid(), signal.SIGKILL)
+torch.save = die
+cfg = from_dict(Stage1Config, json.loads(Path(sys.argv[1]).read_text()))
+train_stage1(cfg, pd.read_parquet(sys.argv[2]), sys.argv[3], sys.argv[4], seed=0, progress=False)
+"""
+
+
+def test_a_kill_while_writing_a_checkpoint_leaves_no_temporary_in_the_run_folder(toy, tmp_path):
+    root, _ = toy
+    script, conf, out = tmp_path / "killed.py", tmp_path / "cfg.json", tmp_path / "runs" / "aim"
+    script.write_text(KILLED); conf.write_text(json.dumps(to_dict(cfg(epochs=1))))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", TMPDIR_ENV: str(tmp_path / "tmp")}
+    r = subprocess.run([sys.executable, str(script), str(conf), str(root / "labels.parquet"), str(root / "videos"), str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    left = sorted(str(p.relative_to(tmp_path / "runs")) for p in (tmp_path / "runs").rglob("*"))
+    assert not [p for p in left if ".tmp" in p or "/." in p or p.startswith(".")], left
+    assert "aim/last" not in left                                    # the checkpoint was never completed
+
+
+def test_epoch_lines(toy, tmp_path, capsys):
+    "One flushed line to start and one per `log_every` epochs (and the last), without tqdm; log_every=0: none."
+    root, labels = toy
+    train_stage1(cfg(epochs=3, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False, log_every=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "stage1 aim: epochs 1..3 of 3, 12 train and 4 val clips, 4 classes, 1 process(es) on cpu"
+    assert [l.split(" loss ")[0] for l in lines[1:]] == ["stage1 aim: epoch 2/3", "stage1 aim: epoch 3/3"]
+    assert all(" train_acc " in l and " val_acc " in l and l.endswith(" s)") for l in lines[1:])
+    train_stage1(cfg(epochs=3, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False)
+    assert capsys.readouterr().out == "stage1 aim: done (3/3 epochs)\n"
+    train_stage1(cfg(epochs=3, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False, log_every=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_broken_checkpoints_are_one_line_naming_the_file(toy, tmp_path):
+    root, labels = toy
+    train_stage1(cfg(epochs=1, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False, log_every=0)
+    best = tmp_path / "aim" / "best.safetensors"
+    assert os.stat(best).st_mode & 0o777 == os.stat(tmp_path / "aim" / "best.json").st_mode & 0o777
+    data = best.read_bytes()
+    for cut in (b"", data[:8], data[:len(data) // 2], data[:-1]):
+        best.write_bytes(cut)
+        with pytest.raises(ModelFileError) as e: load_stage1(tmp_path / "aim")
+        assert str(e.value).startswith(f"{best}: ") and "\n" not in str(e.value), str(e.value)
+    best.write_bytes(data)
+    trainer = tmp_path / "aim" / "last" / "trainer.pt"
+    trainer.write_bytes(b"")
+    with pytest.raises(ModelFileError, match=f"{trainer}: empty file"):
+        train_stage1(cfg(epochs=2, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False)

@@ -175,3 +175,27 @@ def test_two_processes_with_torchrun(tmp_path):
     assert ranks[0]["steps"] == 2 * (n_batches // 2)                     # each process ran half of every epoch
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] in (1, 2)
     print(f"torchrun with 2 processes: {time.time() - t:.1f} s")
+
+
+@pytest.mark.parametrize("key,value,msg", [("lr", float("nan"), r"stage2: lr must be in \(0, 1\], got nan"),
+                                           ("batch_size", 10**9, r"stage2: batch_size must be in 2\.\.65536"),
+                                           ("epochs", 10**7, r"stage2: epochs must be in 1\.\.100000"),
+                                           ("video_dim", 10**8, r"stage2: video_dim must be in 1\.\.65536")])
+def test_absurd_sizes_are_refused_naming_the_key(key, value, msg):
+    with pytest.raises(ParamsError, match=msg): config(**{key: value})
+
+
+def test_epoch_lines_and_a_diverged_checkpoint(problem, tmp_path, capsys):
+    "One flushed line per epoch (no tqdm); resuming from weights that hold NaN names the file and the tensor."
+    train_stage2(config(epochs=2), problem["train"], problem["val"], problem["embeddings"], tmp_path / "TF-CoVR-Base", seed=0,
+                 progress=False, stop_after=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("stage2 TF-CoVR-Base: epochs 1..2, ")
+    assert lines[1].startswith("stage2 TF-CoVR-Base: epoch 1/2 loss ") and " val mAP@10 " in lines[1], lines
+    w = tmp_path / "TF-CoVR-Base" / "last" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(w)); sd["fusion.out.weight"][0, 0] = float("nan"); save_file(sd, str(w))
+    with pytest.raises(ValueError, match=f"{w}: tensor 'fusion.out.weight' holds 1 NaN or infinite value"):
+        train_stage2(config(epochs=2), problem["train"], problem["val"], problem["embeddings"], tmp_path / "TF-CoVR-Base", seed=0,
+                     progress=False, log_every=0)
+    assert capsys.readouterr().out == ""

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .composed import ArrayEmbeddings, ComposedModel, QueryMode, model_device, save_pretrained  # also re-exported
-from .composed import CONFIG_FILE, WEIGHTS_FILE, load_weights, weights_dim, write_weights
+from .composed import CONFIG_FILE, ModelFileError, MAX_DIM, WEIGHTS_FILE, load_weights, read_json_object, read_torch_state, weights_dim, write_weights
 from .core import atomic_dir, atomic_path, atomic_write, derive_seed, get_device, rng, to_dict, write_json
 from .fusion import FusionConfig, check_dims
 from .losses import LossConfig, create_loss
@@ -56,9 +56,11 @@ class Stage2Config:
 
     def __post_init__(self):
         if self.query not in ("fusion", "text", "video"): raise ValueError(f"query must be fusion, text or video, got {self.query!r}")
-        if self.epochs < 1: raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2: raise ValueError(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
-        if self.lr <= 0 or self.weight_decay < 0: raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if not 1 <= self.epochs <= 100_000: raise ValueError(f"epochs must be in 1..100000, got {self.epochs}")
+        if not 2 <= self.batch_size <= 65_536: raise ValueError(f"batch_size must be in 2..65536 (in-batch negatives), got {self.batch_size}")
+        if not 0 < self.lr <= 1: raise ValueError(f"lr must be in (0, 1], got {self.lr}")
+        if not 0 <= self.weight_decay <= 1: raise ValueError(f"weight_decay must be in [0, 1], got {self.weight_decay}")
+        if self.video_dim is not None and not 1 <= self.video_dim <= MAX_DIM: raise ValueError(f"video_dim must be in 1..{MAX_DIM} or null, got {self.video_dim}")
         if self.warmup_steps < 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"need warmup_steps >= 0 and 0 <= warmup_fraction < 1, got {self.warmup_steps}, {self.warmup_fraction}")
         if self.warmup_steps and self.warmup_fraction: raise ValueError("set warmup_steps or warmup_fraction, not both")
@@ -228,20 +230,26 @@ def _optimizer(model: nn.Module, cfg: Stage2Config) -> torch.optim.AdamW | None:
 
 def _save_last(folder: Path, model: ComposedModel, opt, state: dict) -> None:
     with atomic_dir(folder) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.config, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / CONFIG_FILE, model.config)
         write_weights(model, tmp / WEIGHTS_FILE)
-        if opt is not None: torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+        if opt is not None:
+            with atomic_write(tmp / "optimizer.pt", "wb") as f: torch.save(opt.state_dict(), f)
+        write_json(tmp / "state.json", state)
+
+
+_STATE_KEYS = ("fingerprint", "epoch", "step", "best", "history")
 
 
 def _load_last(folder: Path, model: ComposedModel, opt, fingerprint: str) -> dict:
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    state = read_json_object(folder / "state.json", _STATE_KEYS)
     if state.get("fingerprint") != fingerprint:
         raise ValueError(f"{folder} was written by a run with another configuration, seed or data "
                          f"({state.get('fingerprint')} vs {fingerprint}); delete it or pass resume=False")
     load_weights(model, folder / WEIGHTS_FILE)
     if opt is not None:
-        opt.load_state_dict(torch.load(folder / "optimizer.pt", map_location=model_device(model), weights_only=True))
+        try: opt.load_state_dict(read_torch_state(folder / "optimizer.pt"))
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ModelFileError(f"{folder / 'optimizer.pt'}: does not fit this model's optimiser ({str(e).splitlines()[0]})") from None
     return state
 
 # %% ../nbs/33a_stage2.ipynb #53dd2349
@@ -279,18 +287,20 @@ def train_stage2(cfg: Stage2Config,               # the `stage2` section
                  stop_after: int | None = None,   # stop once this many epochs are done (a time-sliced job); None: all
                  on_mismatch: Literal["error", "restart"] = "error",  # out_dir/last from another config or data: raise, or start afresh
                  progress: bool = True,           # tqdm bars
+                 log_every: int = 1,              # print one line every this many epochs (rank 0); 0: none
                 ) -> Stage2Result:
     "Train the composed query model with HN-NCE, validate every `val_every` epochs, keep the best and the last epoch."
     out_dir = Path(out_dir)
+    if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
     rank, world, own = _dist_setup(cfg.device)
     try:
         return _train(cfg, train_triplets, val_triplets, embeddings, out_dir, seed, resume, val_videos, stop_after,
-                      on_mismatch, progress and rank == 0, rank, world)
+                      on_mismatch, progress and rank == 0, rank, world, log_every if rank == 0 else 0)
     finally:
         if own: torch.distributed.destroy_process_group()
 
 
-def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_after, on_mismatch, progress, rank, world):
+def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_after, on_mismatch, progress, rank, world, log_every):
     _need(train, _TRAIN_NEEDS, "train triplets"); _need(val, _EVAL_NEEDS, "val triplets")
     if on_mismatch not in ("error", "restart"): raise ValueError(f"on_mismatch must be error or restart, got {on_mismatch!r}")
     dev = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}") if world > 1 and cfg.device in ("auto", "cuda") \
@@ -298,7 +308,7 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_
     last = out_dir / "last"
     fp = _fingerprint(cfg, seed, train, val, embeddings, world)
     has_last = resume and (last / "state.json").is_file()
-    if has_last and on_mismatch == "restart" and json.loads((last / "state.json").read_text(encoding="utf-8")).get("fingerprint") != fp:
+    if has_last and on_mismatch == "restart" and read_json_object(last / "state.json", _STATE_KEYS)["fingerprint"] != fp:
         has_last = False                                     # another configuration or data: start afresh
     if not has_last and rank == 0: (out_dir / "metrics.json").unlink(missing_ok=True)
     dim = check_dims(weights_dim(last / WEIGHTS_FILE) if has_last else None, cfg.video_dim, embeddings.dim)
@@ -320,6 +330,10 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_
     state = _load_last(last, model, opt, fp) if has_last else {"fingerprint": fp, "epoch": 0, "step": 0, "best": None, "history": []}
     model.cache_texts(texts + val.modification.astype(str).tolist(), progress=progress)
     evaluate_now = lambda: evaluate(model, val, embeddings, gallery, cfg.ks, cfg.val_gt)
+    say = (lambda line: print(f"stage2 {out_dir.name}: {line}", flush=True)) if log_every else (lambda line: None)
+    say(f"epochs {state['epoch'] + 1}..{cfg.epochs}, {len(train)} train triplets in {per_rank} batches, {len(val)} val queries, "
+        f"{world} process(es) on {dev.type}" if opt is not None and state["epoch"] < cfg.epochs else
+        f"{'nothing to train (query: video)' if opt is None else 'done'} ({cfg.epochs} epochs)")
     if opt is None:                                          # video-only: nothing to train
         best = {"epoch": 0, **evaluate_now()}
         state.update(epoch=cfg.epochs, best=best, history=[])
@@ -355,7 +369,9 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_
         state["history"].append(row); state["epoch"] = epoch + 1
         if rank == 0:
             _save_last(last, model, opt, state); _write_history(out_dir, state["history"], cfg.select)
-            if progress: tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        if (epoch + 1) % max(log_every, 1) == 0 or epoch + 1 == cfg.epochs:
+            val_part = f" val {cfg.select} {row[cfg.select]:.2f}" if cfg.select in row else ""
+            say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f}{val_part}")
         if world > 1: torch.distributed.barrier()
         if stop_after is not None and epoch + 1 >= stop_after: break
     if rank == 0 and state["history"]: _write_history(out_dir, state["history"], cfg.select, plot=True)
