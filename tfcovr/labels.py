@@ -13,16 +13,17 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['GYM_COLUMNS', 'DIVING_COLUMNS', 'CORE_COLUMNS', 'FINEDIVING_ANNOTATION', 'FINEDIVING_TABLE', 'SPLITS',
+__all__ = ['GYM_COLUMNS', 'DIVING_COLUMNS', 'CORE_COLUMNS', 'FINEDIVING_ANNOTATION', 'FINEDIVING_TABLE', 'SPLITS', 'SOURCES',
            'UnsafePickleError', 'safe_load_pickle', 'read_finegym_categories', 'read_finegym_sets', 'load_finegym',
            'DiveNumber', 'parse_dive_number', 'describe_sub_actions', 'dive_label_texts', 'diving_event',
-           'load_finediving', 'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels', 'label_table']
+           'load_finediving', 'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels', 'DataConfig',
+           'label_table']
 
 # %% ../nbs/10_labels.ipynb #6e2bc96f
 class UnsafePickleError(pickle.UnpicklingError):
@@ -411,6 +412,30 @@ def load_labels(cfg: LabelsConfig,  # which datasets and files
         if c in df.columns: df[c] = df[c].astype("Int64")  # integers with gaps for the dives
     if (dup := df.video_id[df.video_id.duplicated()]).size: raise ValueError(f"video id {dup.iloc[0]!r} occurs in two datasets")
     return df
+
+# %% ../nbs/10_labels.ipynb #50c5157d
+SOURCES = ("synth", "real")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    "Which benchmark the pipeline builds, and where each source keeps its annotations and clips."
+    source: Literal["synth", "real"]                 # synth: render SynthGym; real: FineGym + FineDiving in data/raw
+    root: Path                                       # the selected source's folder (dvc.yaml tracks it): data/synth or data/raw
+    labels: dict[str, LabelsConfig]                  # per source: where the label stage reads annotations
+    videos: dict[str, dict[str, Path]]               # per source: dataset -> folder of its clips (mp4 files or frame folders)
+
+    def __post_init__(self):
+        for what in ("labels", "videos"):
+            missing = [s for s in SOURCES if s not in getattr(self, what)]
+            if missing: raise ValueError(f"{what}: no entry for source {missing[0]!r}")
+        for ds in self.labels[self.source].datasets:
+            if ds not in self.videos[self.source]: raise ValueError(f"videos.{self.source}: no clip folder for dataset {ds!r}")
+
+    @property
+    def labels_config(self) -> LabelsConfig: return self.labels[self.source]
+    @property
+    def video_roots(self) -> dict[str, Path]: return self.videos[self.source]
 
 # %% ../nbs/10_labels.ipynb #8ea1a63f
 def label_table(clips: pd.DataFrame,  # a clip table from `load_labels` (or `load_finegym` / `load_finediving`)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from .core import ParamsError, load_params, to_dict
 from .embed import EmbedConfig
 from .evaluate import EvaluateConfig
-from .labels import LabelsConfig
+from .labels import DataConfig
 from .modify import ModifyConfig
 from .pairing import PairingConfig
 from .report import ReportConfig
@@ -22,31 +22,7 @@ from .synth import SynthConfig
 from .triplets import TripletsConfig
 
 # %% auto #0
-__all__ = ['SOURCES', 'EMBEDDINGS_ROOT', 'SCHEMA', 'DataConfig', 'Stage2Run', 'check_params']
-
-# %% ../nbs/90_pipeline.ipynb #04dfef3c
-SOURCES = ("synth", "real")
-
-
-@dataclasses.dataclass
-class DataConfig:
-    "Which benchmark the pipeline builds, and where each source keeps its annotations and clips."
-    source: Literal["synth", "real"]                 # synth: render SynthGym; real: FineGym + FineDiving in data/raw
-    root: Path                                       # the selected source's folder (dvc.yaml tracks it): data/synth or data/raw
-    labels: dict[str, LabelsConfig]                  # per source: where the label stage reads annotations
-    videos: dict[str, dict[str, Path]]               # per source: dataset -> folder of its clips (mp4 files or frame folders)
-
-    def __post_init__(self):
-        for what in ("labels", "videos"):
-            missing = [s for s in SOURCES if s not in getattr(self, what)]
-            if missing: raise ValueError(f"{what}: no entry for source {missing[0]!r}")
-        for ds in self.labels[self.source].datasets:
-            if ds not in self.videos[self.source]: raise ValueError(f"videos.{self.source}: no clip folder for dataset {ds!r}")
-
-    @property
-    def labels_config(self) -> LabelsConfig: return self.labels[self.source]
-    @property
-    def video_roots(self) -> dict[str, Path]: return self.videos[self.source]
+__all__ = ['EMBEDDINGS_ROOT', 'SCHEMA', 'Stage2Run', 'check_params']
 
 # %% ../nbs/90_pipeline.ipynb #354d8207
 @dataclasses.dataclass
