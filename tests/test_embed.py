@@ -1,6 +1,7 @@
 """The embedding cache end to end: torchrun sharding, resumption after an interruption, failures that are never skipped."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 import tfcovr.embed as E
 from tfcovr.aim import AIMConfig
 from tfcovr.clips import toy_clips
-from tfcovr.embed import IncompleteEmbeddings, extract_embeddings, load_embeddings, untrained_encoder
+from tfcovr.core import TMPDIR_ENV
+from tfcovr.embed import (EmbedConfig, EncoderSpec, IncompleteEmbeddings, extract_embeddings, load_embeddings,
+                          untrained_encoder)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = dict(name="aim-tiny", num_frames=4, pretrained=False, checkpoint_path=None, freeze_backbone=False,
@@ -102,3 +105,39 @@ def test_missing_and_corrupt_videos_are_failures_with_reasons(toy, tmp_path):
         load_embeddings(folder)
     with pytest.raises(ValueError, match="no video root for dataset 'finegym'"):
         extract_embeddings(enc, labels, {"finediving": videos}, tmp_path / "cache", progress=False)
+
+
+# Encodes the toy table and dies (SIGKILL) in the middle of the merge: the array written, the index not yet.
+KILLED_MERGE = """
+import os, signal, sys
+import pandas as pd
+import tfcovr.embed as E
+from tfcovr.aim import AIMConfig
+def die(path, obj):
+    os.kill(os.getpid(), signal.SIGKILL)
+E.write_json = die
+enc = E.untrained_encoder(AIMConfig("aim-tiny", 4), seed=0, device="cpu")
+E.extract_embeddings(enc, pd.read_parquet(sys.argv[1]), sys.argv[2], sys.argv[3], batch_size=4, shard_size=4, progress=False)
+"""
+
+
+def test_a_kill_during_the_merge_leaves_no_temporary_and_no_finished_looking_file(toy, tmp_path):
+    root, labels = toy
+    script, out = tmp_path / "killed.py", tmp_path / "embeddings" / "aim"
+    script.write_text(KILLED_MERGE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", TMPDIR_ENV: str(tmp_path / "tmp")}
+    r = subprocess.run([sys.executable, str(script), str(root / "labels.parquet"), str(root / "videos"), str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert "part 3/3 (2 videos)" in r.stdout                                # every part was written before the merge
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert left and all(p.startswith(encoder().key) for p in left), left    # only the cache folder ...
+    assert not [p for p in left if ".tmp" in p or "/." in p or p.endswith((".npy", ".json"))], left  # ... with parts only
+    folder = extract_embeddings(encoder(), labels, root / "videos", out, batch_size=4, shard_size=4, progress=False)
+    assert load_embeddings(folder).ids == labels.video_id.tolist()         # the next run finishes from the parts
+
+
+def test_absurd_embed_sizes_are_refused():
+    for k, v, msg in (("batch_size", 0, "batch_size must be in 1..65536"), ("shard_size", 10**9, "shard_size must be in 1..10000000"),
+                      ("num_workers", -1, "num_workers must be in 0..256")):
+        with pytest.raises(ValueError, match=re.escape(msg)): EmbedConfig({"x": EncoderSpec(checkpoint=Path("m"))}, **{k: v})

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from .aim import AIM, AIMConfig, aim_cfg, cached_weights, create_aim, preprocess
 from .clips import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root
-from .core import (atomic_write, derive_seed, file_sha256, get_device, load_params, seed_everything,
+from .composed import ModelFileError, read_json_object
+from .core import (atomic_dir, atomic_write, derive_seed, file_sha256, get_device, load_params, seed_everything,
                          stable_hash, write_json)
 from .stage1 import autocast, barrier, checkpoint_file, distributed, load_stage1, resolve_amp, weights_sha256
 from .video import VideoError, load_clip, resize_clip, resolve_video, segment_indices
@@ -146,6 +147,9 @@ class Embeddings:
         return self.emb[[self._row[v] for v in video_ids]]
 
 
+_META_KEYS = ("key", "complete", "missing", "failed", "n_videos", "dim")
+
+
 def _listing(meta: dict) -> str:
     items = [f"{v}: missing" for v in meta["missing"]] + [f"{v}: {r}" for v, r in meta["failed"].items()]
     return "; ".join(items[:10]) + (f"; ... ({len(items) - 10} more)" if len(items) > 10 else "")
@@ -169,12 +173,15 @@ def load_embeddings(folder: str | Path,  # a cache folder, or a pointer file nam
                     ) -> Embeddings:
     "Read a complete embedding cache; an incomplete one raises listing its missing and failed videos."
     folder = cache_folder(folder)
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = read_json_object(folder / "meta.json", _META_KEYS)
     if not meta["complete"]:
         raise IncompleteEmbeddings(f"{folder}: embedding cache incomplete, {len(meta['missing'])} missing and "
                                    f"{len(meta['failed'])} failed of {meta['n_videos']} videos: {_listing(meta)}")
-    ids = json.loads((folder / "index.json").read_text())["video_ids"]
-    emb = np.load(folder / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    ids = read_json_object(folder / "index.json", ("video_ids",))["video_ids"]
+    try: emb = np.load(folder / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError: raise
+    except Exception as e: raise ModelFileError(f"{folder / 'embeddings.npy'}: not a readable .npy array, truncated or corrupt ({e})") from None
+    if not np.isfinite(emb).all(): raise ModelFileError(f"{folder / 'embeddings.npy'}: holds NaN or infinite values")
     if emb.dtype != np.float32 or emb.shape != (len(ids), meta["dim"]):
         raise ValueError(f"{folder}: embeddings.npy is {emb.dtype} {emb.shape}, expected float32 {(len(ids), meta['dim'])}")
     return Embeddings(ids, emb, meta)
@@ -220,9 +227,12 @@ def _read_state(folder: Path, key: str, fps: dict[str, str]) -> tuple[dict[str, 
 
     def keep(ids, fingerprints, rows):
         done.update((v, r) for v, f, r in zip(ids, fingerprints, rows) if f and fps.get(v) == f)
-    if (folder / "meta.json").is_file() and json.loads((folder / "meta.json").read_text()).get("key") == key:
-        index = json.loads((folder / "index.json").read_text())
-        keep(index["video_ids"], index.get("fingerprints", []), np.load(folder / "embeddings.npy", allow_pickle=False))
+    try:
+        if (folder / "meta.json").is_file() and read_json_object(folder / "meta.json").get("key") == key:
+            index = read_json_object(folder / "index.json", ("video_ids",))
+            keep(index["video_ids"], index.get("fingerprints", []), np.load(folder / "embeddings.npy", allow_pickle=False))
+    except (ValueError, OSError) as e:
+        print(f"warning: {folder}: unreadable cache ({str(e).splitlines()[0]}); its videos are encoded again", file=sys.stderr)
     for p in sorted((folder / "parts").glob("*.npz")):
         try:
             with np.load(p, allow_pickle=False) as z:
@@ -246,19 +256,26 @@ def extract_embeddings(encoder: VideoEncoder,        # the encoder (its key name
                        shard_size: int = 256,        # videos per part file
                        num_workers: int = 0,         # data-loader processes decoding ahead
                        progress: bool = True,        # tqdm bar (rank 0)
+                       log_every: int = 1,           # print one line every this many parts written; 0: none
                        ) -> Path:                    # the cache folder
     "Encode every video of `labels` into the cache; resumable, shardable with torchrun, failures recorded."
     if batch_size < 1 or shard_size < 1: raise ValueError("batch_size and shard_size must be >= 1")
+    if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
     rank, world = _rank_world()
+    tag = f"embed {Path(cache_root).name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+    say = (lambda line: print(f"{tag}: {line}", flush=True)) if log_every else (lambda line: None)
     videos = _video_table(labels, video_roots)
     fps = dict(zip(videos.video_id, videos.fingerprint))
     folder = Path(cache_root) / encoder.key
-    if _is_complete(folder, videos): return folder                          # nothing to do (every rank sees the same files)
+    if _is_complete(folder, videos):                                         # nothing to do (every rank sees the same files)
+        if rank == 0: say(f"cache {encoder.key} complete ({len(videos)} videos), nothing to encode")
+        return folder
     done, _ = _read_state(folder, encoder.key, fps)
     barrier()                                                                 # every rank planned before any part is written
     todo = [tuple(r) for r in videos.itertuples(index=False) if r.video_id not in done]
     parts = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)][rank::world]
     items = [it for p in parts for it in p]
+    say(f"{len(videos)} videos, {len(done)} already encoded, {len(items)} to encode in {len(parts)} part(s) of up to {shard_size}")
     loader = DataLoader(_Clips(items, video_roots, encoder.num_frames, encoder.size), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=list)
     buf_ids, buf_emb, buf_failed, p = [], [], {}, 0
@@ -273,11 +290,16 @@ def extract_embeddings(encoder: VideoEncoder,        # the encoder (its key name
             while p < len(parts) and len(buf_ids) + len(buf_failed) == len(parts[p]):   # a part is complete: commit it
                 _write_part(folder / "parts" / f"{stable_hash([it[:4] for it in parts[p]])}.npz", buf_ids, [fps[v] for v in buf_ids],
                             np.stack(buf_emb) if buf_emb else np.zeros((0, encoder.dim), np.float32), buf_failed)
+                if (p + 1) % max(log_every, 1) == 0 or p + 1 == len(parts):
+                    say(f"part {p + 1}/{len(parts)} ({len(parts[p])} videos{f', {len(buf_failed)} failed' if buf_failed else ''})")
                 buf_ids, buf_emb, buf_failed, p = [], [], {}, p + 1
         bar.update(len(batch))
     bar.close()
     barrier()
-    if rank == 0: _merge(encoder, folder, videos)
+    if rank == 0:
+        meta = _merge(encoder, folder, videos)
+        say(f"cache {encoder.key} complete ({meta['n_videos']} videos)" if meta["complete"] else
+            f"cache {encoder.key} incomplete: {len(meta['missing'])} missing, {len(meta['failed'])} failed of {meta['n_videos']} videos")
     barrier()
     return folder
 
@@ -290,20 +312,20 @@ def _is_complete(folder: Path, videos: pd.DataFrame) -> bool:
 
 
 def _merge(encoder: VideoEncoder, folder: Path, videos: pd.DataFrame) -> dict[str, Any]:
-    "Write embeddings.npy, index.json and (last) meta.json from everything computed so far."
+    "Replace the cache folder at once by one holding embeddings.npy, index.json and meta.json of everything computed so far."
     ids, fps = videos.video_id.tolist(), dict(zip(videos.video_id, videos.fingerprint))
     done, failed_all = _read_state(folder, encoder.key, fps)
     rows = [v for v in ids if v in done]
     failed = {v: failed_all[v] for v in ids if v not in done and v in failed_all}
     missing = [v for v in ids if v not in done and v not in failed]
     emb = np.stack([done[v] for v in rows]).astype(np.float32) if rows else np.zeros((0, encoder.dim), np.float32)
-    (folder / "meta.json").unlink(missing_ok=True)
-    with atomic_write(folder / "embeddings.npy", "wb") as f: np.save(f, emb)
-    write_json(folder / "index.json", {"video_ids": rows, "fingerprints": [fps[v] for v in rows]})
     meta = {"key": encoder.key, "checkpoint": encoder.source.get("checkpoint"), **encoder.fields(), "dim": encoder.dim,
             "n_videos": len(ids), "complete": not missing and not failed, "missing": missing, "failed": failed}
-    write_json(folder / "meta.json", meta)
-    if meta["complete"]: shutil.rmtree(folder / "parts", ignore_errors=True)
+    with atomic_dir(folder) as tmp:                      # a kill leaves the old folder or the new one, never a mix
+        with atomic_write(tmp / "embeddings.npy", "wb") as f: np.save(f, emb)
+        write_json(tmp / "index.json", {"video_ids": rows, "fingerprints": [fps[v] for v in rows]})
+        write_json(tmp / "meta.json", meta)
+        if not meta["complete"] and (folder / "parts").is_dir(): os.replace(folder / "parts", tmp / "parts")
     return meta
 
 # %% ../nbs/40_embed.ipynb #f87d4a6d
@@ -363,9 +385,9 @@ class EmbedConfig:
 
     def __post_init__(self):
         if not self.encoders: raise ValueError("encoders must name at least one encoder")
-        for k in ("batch_size", "shard_size"):
-            if getattr(self, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.num_workers < 0: raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        for k, hi in (("batch_size", 65_536), ("shard_size", 10_000_000)):
+            if not 1 <= getattr(self, k) <= hi: raise ValueError(f"{k} must be in 1..{hi}, got {getattr(self, k)}")
+        if not 0 <= self.num_workers <= 256: raise ValueError(f"num_workers must be in 0..256, got {self.num_workers}")
 
 
 def build_encoder(spec: EncoderSpec, seed: int, device: str = "auto", amp: str = "auto") -> VideoEncoder:
