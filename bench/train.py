@@ -72,7 +72,7 @@ def epoch_bench(batch: int) -> dict:
         r = train_stage1(cfg, labels, Path(d) / "v", Path(d) / "run", seed=0, progress=False)
         total = time.perf_counter() - t
     n = len(labels)
-    return {"clips": n, "epoch_s": r.history[0]["seconds"], "call_s": round(total, 2), "clips_per_s": round(n / r.history[0]["seconds"], 1)}
+    return {"clips": n, "epoch_s": r.epoch_seconds[0], "call_s": round(total, 2), "clips_per_s": round(n / r.epoch_seconds[0], 1)}
 
 
 def one(spec: dict) -> dict:

@@ -17,19 +17,12 @@ from .modify import ModifyConfig
 from .pairing import PairingConfig
 from .report import ReportConfig
 from .stage1 import Stage1Config
-from .stage2 import Stage2Config
+from .stage2 import Stage2Run
 from .synth import SynthConfig
 from .triplets import TripletsConfig
 
 # %% auto #0
-__all__ = ['EMBEDDINGS_ROOT', 'SCHEMA', 'Stage2Run', 'check_params']
-
-# %% ../nbs/90_pipeline.ipynb #354d8207
-@dataclasses.dataclass
-class Stage2Run:
-    "One Stage-2 model to train: the video embeddings it is trained on and its configuration."
-    embeddings: str        # an encoder name of the `embed` section (its cache is embeddings/<name>)
-    train: Stage2Config    # query model, loss and schedule
+__all__ = ['EMBEDDINGS_ROOT', 'SCHEMA', 'check_params']
 
 # %% ../nbs/90_pipeline.ipynb #678eae19
 EMBEDDINGS_ROOT = "embeddings"  # the embed stage writes encoder <name>'s cache to embeddings/<name> (dvc.yaml)

@@ -292,6 +292,7 @@ class Stage1Result:
     best_val_acc: float      # its validation accuracy
     complete: bool           # all `epochs` done
     weights_sha256: str      # digest of this process's final weights
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # wall time of each epoch this call ran (not saved: outputs stay byte-identical)
 
 
 _FILES = ("last", "best.safetensors", "best.json", "history.tsv", "metrics.json", "curves.png", "config.json")
@@ -375,7 +376,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
         total, warmup = steps * cfg.epochs, round(cfg.warmup_epochs * steps)
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
-        history, best, start = [], {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")}, 0
+        history, best, start, times = [], {"epoch": 0, "val_acc": -1.0, "val_loss": float("inf")}, 0, []
         if state is not None:
             load_weights(model, out / "last" / "model.safetensors", cfg.model.name)
             opt.load_state_dict(state["optimizer"]); sched.load_state_dict(state["scheduler"])
@@ -392,7 +393,8 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
             t0 = time.perf_counter()
             row = {"epoch": epoch + 1, **_train_epoch(net, loader, opt, sched, cfg, amp, d, progress and d.main)}
             row.update(evaluate(model, val_loader, d.device, amp, progress and d.main))
-            row.update(lr=cfg.lr * lr_factor((epoch + 1) * steps - 1, total, warmup), seconds=round(time.perf_counter() - t0, 2))
+            row.update(lr=cfg.lr * lr_factor((epoch + 1) * steps - 1, total, warmup))
+            times.append(round(time.perf_counter() - t0, 2))  # logged, never saved: a rerun writes the same bytes
             history.append(row)
             meta = {**run, "epoch": epoch + 1, "val_acc": row["val_acc"], "val_loss": row["val_loss"]}
             improved = row["val_acc"] > best["val_acc"]
@@ -407,7 +409,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
                 _write_reports(out, history, best, run)
             if (epoch + 1) % max(log_every, 1) == 0 or epoch + 1 == end:
                 say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.3f} train_acc {row['train_acc']:.3f} "
-                    f"val_acc {row['val_acc']:.3f} ({row['seconds']:.1f} s)")
+                    f"val_acc {row['val_acc']:.3f} ({times[-1]:.1f} s)")
             barrier()
 
         sha = weights_sha256(model)
@@ -415,7 +417,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
             shas = [None] * d.world
             dist.all_gather_object(shas, sha)
             if len(set(shas)) > 1: raise RuntimeError(f"ranks ended with different weights: {shas}")
-    return Stage1Result(out, classes, history, best["epoch"], best["val_acc"], len(history) >= cfg.epochs, sha)
+    return Stage1Result(out, classes, history, best["epoch"], best["val_acc"], len(history) >= cfg.epochs, sha, times)
 
 # %% ../nbs/22_stage1.ipynb #6ef71e75
 @torch.no_grad()

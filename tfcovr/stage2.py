@@ -29,8 +29,8 @@ from .text import TextConfig
 from .triplets import unique_videos
 
 # %% auto #0
-__all__ = ['Stage2Config', 'make_batches', 'lr_factor', 'eval_gallery', 'encode_queries', 'evaluate', 'synthetic_problem',
-           'Stage2Result', 'plot_history', 'train_stage2']
+__all__ = ['Stage2Config', 'Stage2Run', 'make_batches', 'lr_factor', 'eval_gallery', 'encode_queries', 'evaluate',
+           'synthetic_problem', 'Stage2Result', 'plot_history', 'train_stage2']
 
 # %% ../nbs/33a_stage2.ipynb #cfc14d3b
 @dataclasses.dataclass
@@ -70,6 +70,13 @@ class Stage2Config:
         if self.select not in [f"{m}@{k}" for m in ("mAP", "R") for k in self.ks]:
             raise ValueError(f"select must be mAP@K or R@K with K in ks {self.ks}, got {self.select!r}")
         if self.val_gt not in ("label", "list"): raise ValueError(f"val_gt must be label or list, got {self.val_gt!r}")
+
+# %% ../nbs/33a_stage2.ipynb #354d8207
+@dataclasses.dataclass
+class Stage2Run:
+    "One Stage-2 model to train: the video embeddings it is trained on and its configuration."
+    embeddings: str        # an encoder name of the `embed` section (its cache is embeddings/<name>)
+    train: Stage2Config    # query model, loss and schedule
 
 # %% ../nbs/33a_stage2.ipynb #bba922fb
 def make_batches(n: int,                        # number of rows
