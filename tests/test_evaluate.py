@@ -244,13 +244,13 @@ def test_report_figures_name_the_row_of_non_finite_embeddings(bench, model_dirs,
 
 
 def _write_cache(folder: Path, emb) -> None:
-    "An embedding cache in the format of tfcovr.embed (INTERFACES.md)."
+    "An embedding cache in the format of tfcovr.embed."
     folder.mkdir(parents=True)
     np.save(folder / "embeddings.npy", emb.emb.astype(np.float32))
     (folder / "index.json").write_text(json.dumps({"video_ids": emb.ids}))
     (folder / "meta.json").write_text(json.dumps({"key": "k0", "checkpoint": "none", "checkpoint_sha256": "0" * 64, "model": "aim-tiny",
                                                   "num_frames": 12, "sampling": "center", "size": 224, "dim": emb.dim,
-                                                  "complete": True, "missing": [], "failed": {}}))
+                                                  "n_videos": len(emb.ids), "complete": True, "missing": [], "failed": {}}))
 
 
 def test_evaluate_and_report_stages_run_through_papermill(root, bench, tmp_path):
@@ -265,7 +265,7 @@ def test_evaluate_and_report_stages_run_through_papermill(root, bench, tmp_path)
     ev = EvaluateConfig({"TF-CoVR-Base": _variant(tmp_path / "model", "none", "video"), "video-only": _variant(None, "none", "video")},
                         bootstrap=20)
     ev.variants = {k: {**to_dict(v), "embeddings": str(tmp_path / "emb")} for k, v in ev.variants.items()}
-    params = {"seed": 0, "evaluate": to_dict(ev), "report": to_dict(ReportConfig(n_queries=1, n_frames=3, frame_size=32))}
+    params = {"seed": 0, "threads": 1, "evaluate": to_dict(ev), "report": to_dict(ReportConfig(n_queries=1, n_frames=3, frame_size=32))}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     _frame_folders(bench["videos"], tmp_path / "videos")
     rep = tmp_path / "reports"

@@ -96,3 +96,14 @@ def test_evaluate_device_is_checked(root, tmp_path, capsys):
     old = re.search(r"\n  device: auto\n  variants:", text).group(0)
     p = edited(root, tmp_path, old, old.replace("auto", "gpu"))
     assert "evaluate: device: 'gpu' is not a device (allowed: auto, cpu, cuda, cuda:N, mps)" in params_error(p, capsys)
+
+
+@pytest.mark.parametrize("old,new,key", [
+    ("  device: cpu\n  band:", "  device: gpu\n  band:", "pairing"),
+    ("    device: auto\n    amp: auto                # bf16", "    device: gpu\n    amp: auto                # bf16", "stage1.aim"),
+    ("  device: auto\n  amp: auto\n\nstage2:", "  device: gpu\n  amp: auto\n\nstage2:", "embed"),
+    ("      device: auto\n  1-frame:", "      device: gpu\n  1-frame:", "stage2.TF-CoVR-Base.train"),
+])
+def test_unknown_device_is_rejected(root, tmp_path, capsys, old, new, key):
+    err = params_error(edited(root, tmp_path, old, new), capsys)
+    assert key in err and "'gpu'" in err

@@ -173,3 +173,11 @@ def test_search_command_lets_bugs_through(trained, monkeypatch, bug):
     def broken(self, *args, **kwargs): raise bug("a bug")
     monkeypatch.setattr(ComposedRetriever, "search", broken)
     with pytest.raises(bug, match="a bug"): search_main(["val1_0", "turn it into a leap", *_where(trained)])
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_search_command_rejects_an_unknown_device(trained, capsys, device):
+    rc = main(["search", "val1_0", "turn it into a leap", *_where(trained), "--device", device])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(_said(err)) == 1
+    assert _said(err)[0].startswith("tfcovr search: error: --device:") and repr(device) in err

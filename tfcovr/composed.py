@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .core import atomic_dir, atomic_write, from_dict, to_dict, write_json
+from .core import atomic_dir, atomic_write, from_dict, get_device, to_dict, write_json
 from .fusion import FusionConfig, check_dims, create_fusion
 from .text import TextConfig
 
@@ -150,7 +150,7 @@ class ComposedModel(nn.Module):
         check_dims(ckpt, config["video_dim"], None)
         load_weights(model, folder / WEIGHTS_FILE)
         model.checkpoint_dim = ckpt
-        return model.to(device).eval()
+        return model.to(get_device(device)).eval()
 
 # %% ../nbs/33_composed.ipynb #ef373f97
 class ModelFileError(ValueError):

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .aim import AIM, AIMConfig, aim_cfg, cached_weights, create_aim, preprocess
 from .clips import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root
 from .composed import ModelFileError, read_json_object
-from .core import (atomic_dir, atomic_write, derive_seed, file_sha256, get_device, load_params, seed_everything,
+from .core import (atomic_dir, atomic_write, check_device, derive_seed, file_sha256, get_device, load_params, seed_everything,
                          stable_hash, write_json)
 from .stage1 import autocast, barrier, checkpoint_file, distributed, load_stage1, resolve_amp, weights_sha256
 from .video import VideoError, load_clip, resize_clip, resolve_video, segment_indices
@@ -380,11 +380,12 @@ class EmbedConfig:
     batch_size: int = 16                    # clips per forward pass
     shard_size: int = 256                   # videos per part file (the unit of resumption and of sharding)
     num_workers: int = 0                    # data-loader processes decoding ahead
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    device: str = "auto"     # auto (CUDA when present), cpu, cuda, cuda:N or mps
     amp: Literal["auto", "bf16", "none"] = "auto"    # bf16 autocast (CUDA only); auto: bf16 on CUDA
 
     def __post_init__(self):
         if not self.encoders: raise ValueError("encoders must name at least one encoder")
+        check_device(self.device)
         for k, hi in (("batch_size", 65_536), ("shard_size", 10_000_000)):
             if not 1 <= getattr(self, k) <= hi: raise ValueError(f"{k} must be in 1..{hi}, got {getattr(self, k)}")
         if not 0 <= self.num_workers <= 256: raise ValueError(f"num_workers must be in 0..256, got {self.num_workers}")

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from .core import atomic_dir
+from .core import atomic_dir, get_device
 from .fusion import check_dims
 from .composed import ComposedModel, model_device
 from .embed import load_video_encoder
@@ -234,6 +234,7 @@ def search_main(argv: list[str] | None = None) -> int:
         for c in ours: warnings.simplefilter("always", c)
         try:
             check_text(args.text)                                          # before loading any model
+            get_device(args.device, "--device")                           # an unknown or absent device: one line
             r = ComposedRetriever(args.model, args.gallery, args.stage1, args.device)
             hits = r.search(args.video, args.text, args.k)
         except (FileNotFoundError, ValueError, ModuleNotFoundError) as e: error = e   # bad input; VideoError, ParamsError are ValueErrors

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .aim import AIM, AIMConfig, aim_cfg, create_aim
 from .composed import ModelFileError, load_weights, read_torch_state, safetensors_header, write_weights
 from .clips import ClipDataset, VideoRoots, add_data_args, args_roots, class_index, video_fingerprint
-from .core import (atomic_dir, atomic_path, atomic_write, derive_seed, get_device, load_params, seed_everything,
+from .core import (atomic_dir, atomic_path, atomic_write, check_device, derive_seed, get_device, load_params, seed_everything,
                          stable_hash, to_dict, write_json)
 
 # %% auto #0
@@ -62,10 +62,11 @@ class Stage1Config:
     val_split: str = "val"                 # split that selects the best epoch
     num_workers: int = 0                   # data-loader processes per training process
     cache_clips: bool = False              # decode each video once and keep it in memory (small benchmarks; needs num_workers 0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    device: str = "auto"     # auto (CUDA when present), cpu, cuda, cuda:N or mps
     amp: Literal["auto", "bf16", "none"] = "auto"    # bf16 autocast (CUDA only); auto: bf16 on CUDA, none on CPU
 
     def __post_init__(self):
+        check_device(self.device)
         if not 1 <= self.epochs <= MAX_EPOCHS: raise ValueError(f"epochs must be in 1..{MAX_EPOCHS}, got {self.epochs}")
         for k in ("batch_size", "grad_accum"):
             if not 1 <= getattr(self, k) <= MAX_BATCH: raise ValueError(f"{k} must be in 1..{MAX_BATCH}, got {getattr(self, k)}")

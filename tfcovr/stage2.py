@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .composed import ArrayEmbeddings, ComposedModel, QueryMode, model_device, save_pretrained  # also re-exported
 from .composed import CONFIG_FILE, ModelFileError, MAX_DIM, WEIGHTS_FILE, load_weights, read_json_object, read_torch_state, weights_dim, write_weights
-from .core import atomic_dir, atomic_path, atomic_write, derive_seed, get_device, rng, to_dict, write_json
+from .core import atomic_dir, atomic_path, atomic_write, check_device, derive_seed, get_device, rng, to_dict, write_json
 from .fusion import FusionConfig, check_dims
 from .losses import LossConfig, create_loss
 from .metrics import DEFAULT_KS, retrieval_metrics, retrieval_metrics_from_embeddings
@@ -55,6 +55,7 @@ class Stage2Config:
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
 
     def __post_init__(self):
+        check_device(self.device)
         if self.query not in ("fusion", "text", "video"): raise ValueError(f"query must be fusion, text or video, got {self.query!r}")
         if not 1 <= self.epochs <= 100_000: raise ValueError(f"epochs must be in 1..100000, got {self.epochs}")
         if not 2 <= self.batch_size <= 65_536: raise ValueError(f"batch_size must be in 2..65536 (in-batch negatives), got {self.batch_size}")
