@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .attributes import Attributes, diff_attributes, is_complete, parse_label
-from .core import atomic_path, get_device
+from .core import atomic_path, check_device, get_device
 from .labels import label_table
 from .textenc import embed_texts
 
@@ -31,7 +31,7 @@ class PairingConfig:
     "How label pairs are chosen: text encoder, similarity band, scope and attribute differences."
     encoder: str = "minilm"                      # tfcovr.textenc encoder: "minilm" or a local CLIP text model folder
     batch_size: int = 64                         # labels per forward pass of the encoder
-    device: str = "cpu"                          # device of the encoder: auto, cpu, cuda or cuda:N
+    device: str = "cpu"                          # device of the encoder: auto, cpu, cuda, cuda:N or mps
     band: tuple[float, float] = (0.75, 1.0)      # [low, high] cosine similarity of a kept pair (inclusive)
     same_event: bool = True                      # pair only labels of the same event (FineGym VT/FX/BB/UB)
     max_attr_diff: int | None = 2                # most parsed attributes a pair may differ in (None: no limit)
@@ -43,8 +43,7 @@ class PairingConfig:
         low, high = self.band
         if not -1.0 <= low <= high <= 1.0: raise ValueError(f"band must satisfy -1 <= low <= high <= 1, got {list(self.band)}")
         if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device(self.device)
         if self.max_attr_diff is not None and self.max_attr_diff < 1:
             raise ValueError(f"max_attr_diff must be >= 1 or None, got {self.max_attr_diff}")
         if self.max_pairs_per_label is not None and self.max_pairs_per_label < 1:
