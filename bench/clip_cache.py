@@ -14,7 +14,7 @@ import time
 import pandas as pd
 import torch
 
-from tfcovr.clips import ClipDataset, class_index, params_roots
+from tfcovr.train.clips import ClipDataset, class_index, params_roots
 
 from machine import cpu_name
 

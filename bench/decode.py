@@ -1,4 +1,4 @@
-"""Clip decoding speed: tfcovr.video.load_clip (decord; JPEG folders) against PyAV on the same clips.
+"""Clip decoding speed: tfcovr.data.video.load_clip (decord; JPEG folders) against PyAV on the same clips.
 
 Writes its own test clips (H.264 mp4 and JPEG frame folders) into a temporary folder, samples 12 frames at the
 segment centres, resizes them to 224 x 224 (shorter side + centre crop) and reports clips per second (wall time, best of the
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tfcovr.video import load_clip, resize_clip, segment_indices, write_mp4
+from tfcovr.data.video import load_clip, resize_clip, segment_indices, write_mp4
 
 from machine import cpu_name
 

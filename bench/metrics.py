@@ -3,7 +3,7 @@
 Compares, on the same synthetic data (label-clustered, L2-normalised float32 embeddings; every query is a
 gallery video, excluded from its own ranking, asking for another label):
 
-- chunked: `tfcovr.metrics.retrieval_metrics_from_embeddings` over all Q queries;
+- chunked: `tfcovr.eval.metrics.retrieval_metrics_from_embeddings` over all Q queries;
 - loop:    the straightforward per-query evaluation (sims = gallery @ query, full argsort, drop the query,
            AP@K by cumulative precision), run on a subset of queries and extrapolated linearly to Q.
 
@@ -94,7 +94,7 @@ def loop_metrics(qe, ge, ql, gl, own, queries) -> np.ndarray:
 def child(args) -> dict:
     "Build the data, reset the memory peak, run one method, report time, memory and results."
     import torch
-    from tfcovr.metrics import per_query_metrics_from_embeddings, summarize_metrics
+    from tfcovr.eval.metrics import per_query_metrics_from_embeddings, summarize_metrics
     qe, ge, ql, gl, own = make_data(args.q, args.g, args.d, args.labels, args.seed)
     subset = np.linspace(0, args.q - 1, min(args.loop_queries, args.q)).round().astype(int)
     if args.method == "chunked":                                       # warm up: page in the kernels first

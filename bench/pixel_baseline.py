@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tfcovr.clips import params_roots, resolve_paths
+from tfcovr.train.clips import params_roots, resolve_paths
 from tfcovr.core import seed_everything
-from tfcovr.video import load_clip
+from tfcovr.data.video import load_clip
 
 
 def main() -> None:

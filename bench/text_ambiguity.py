@@ -14,8 +14,8 @@ import logging
 
 import pandas as pd
 
-from tfcovr.modify import ModifyConfig, generate_modifications
-from tfcovr.rules import PHRASINGS
+from tfcovr.data.modify import ModifyConfig, generate_modifications
+from tfcovr.data.rules import PHRASINGS
 
 
 def ambiguity(mods: pd.DataFrame) -> dict[str, float]:

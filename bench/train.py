@@ -30,8 +30,8 @@ def rss_mib() -> float:
 
 def step_bench(name: str, num_frames: int, batch: int, steps: int, device: str, amp: str, freeze: bool, classes: int) -> dict:
     "Clips/s and peak memory of `steps` training steps of one AIM variant on random clips."
-    from tfcovr.aim import aim_cfg, create_aim
-    from tfcovr.stage1 import autocast, param_groups
+    from tfcovr.models.aim import aim_cfg, create_aim
+    from tfcovr.train.stage1 import autocast, param_groups
     dev = torch.device(device)
     torch.manual_seed(0)
     model = create_aim(name, num_frames=num_frames, num_classes=classes, freeze_backbone=freeze).to(dev)
@@ -62,9 +62,9 @@ def step_bench(name: str, num_frames: int, batch: int, steps: int, device: str, 
 
 def epoch_bench(batch: int) -> dict:
     "One toy epoch of `train_stage1` on CPU: 4 classes x 8 train clips + 4 x 2 val clips of 12 frames, 64 x 64."
-    from tfcovr.aim import AIMConfig
-    from tfcovr.clips import toy_clips
-    from tfcovr.stage1 import Stage1Config, train_stage1
+    from tfcovr.models.aim import AIMConfig
+    from tfcovr.train.clips import toy_clips
+    from tfcovr.train.stage1 import Stage1Config, train_stage1
     with tempfile.TemporaryDirectory() as d:
         labels = toy_clips(Path(d) / "v", classes=("down", "up", "left", "right"), per_split={"train": 8, "val": 2})
         cfg = Stage1Config(AIMConfig("aim-tiny", num_frames=8), epochs=1, batch_size=batch, hflip=False, device="cpu")

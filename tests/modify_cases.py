@@ -1,7 +1,7 @@
 """Label pairs shared by the tests of the rule and LLM modification generators."""
 import pandas as pd
 
-from tfcovr.attributes import parse_label
+from tfcovr.data.attributes import parse_label
 
 VT = "(VT) round-off, flic-flac with 0.5 turn on, stretched salto forward with {} turn off"
 PAIRS = [(1, 3, VT.format("0.5"), VT.format("2")),

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tfcovr.composed import (ArrayEmbeddings, ComposedModel, ModelFileError, load_weights, model_device, read_safetensors,
+from tfcovr.models.composed import (ArrayEmbeddings, ComposedModel, ModelFileError, load_weights, model_device, read_safetensors,
                              read_torch_state, safetensors_header, save_pretrained, weights_dim, write_safetensors)
 from tfcovr.core import write_json
-from tfcovr.fusion import FusionConfig
-from tfcovr.text import TextConfig
+from tfcovr.models.fusion import FusionConfig
+from tfcovr.models.text import TextConfig
 
 MINILM = TextConfig(name="minilm", pretrained_path=None, freeze=True, max_length=16)
 BERT_TINY = TextConfig(name="bert-tiny", pretrained_path=None, freeze=False, max_length=16)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tfcovr.embed as E
-from tfcovr.aim import AIMConfig
-from tfcovr.clips import toy_clips
+import tfcovr.eval.embed as E
+from tfcovr.models.aim import AIMConfig
+from tfcovr.train.clips import toy_clips
 from tfcovr.core import TMPDIR_ENV
-from tfcovr.embed import (EmbedConfig, EncoderSpec, IncompleteEmbeddings, extract_embeddings, load_embeddings,
+from tfcovr.eval.embed import (EmbedConfig, EncoderSpec, IncompleteEmbeddings, extract_embeddings, load_embeddings,
                           untrained_encoder)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_two_processes_shard_the_videos_and_match_one_process(toy, tmp_path):
     params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, model: "
                       f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n")
     script = tmp_path / "embed.py"
-    script.write_text("import sys\nfrom tfcovr.embed import embed_main\nsys.exit(embed_main(sys.argv[1:]))\n")
+    script.write_text("import sys\nfrom tfcovr.eval.embed import embed_main\nsys.exit(embed_main(sys.argv[1:]))\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), "untrained",
            "--params", str(params), "--labels", str(root / "labels.parquet"), "--root", str(root / "videos"),
            "--cache-root", str(tmp_path / "cache"), "--pointer", str(tmp_path / "untrained.json")]
@@ -111,8 +111,8 @@ def test_missing_and_corrupt_videos_are_failures_with_reasons(toy, tmp_path):
 KILLED_MERGE = """
 import os, signal, sys
 import pandas as pd
-import tfcovr.embed as E
-from tfcovr.aim import AIMConfig
+import tfcovr.eval.embed as E
+from tfcovr.models.aim import AIMConfig
 def die(path, obj):
     os.kill(os.getpid(), signal.SIGKILL)
 E.write_json = die

@@ -14,10 +14,10 @@ from PIL import Image
 from torch.nn import functional as F
 
 from tfcovr.core import file_sha256, to_dict
-from tfcovr.evaluate import (MODEL_NAMES, EvaluateConfig, PrototypeModel, bootstrap_ci, build_gallery, evaluate_model,
+from tfcovr.eval.evaluate import (MODEL_NAMES, EvaluateConfig, PrototypeModel, bootstrap_ci, build_gallery, evaluate_model,
                              evaluate_variants, query_features, synthetic_benchmark)
-from tfcovr.metrics import DEFAULT_KS
-from tfcovr.report import ReportConfig, report_figures, write_reports
+from tfcovr.eval.metrics import DEFAULT_KS
+from tfcovr.eval.report import ReportConfig, report_figures, write_reports
 
 ROW_KEYS = {"model", "modalities", "fusion", "query_frames", "target_frames", "mAP@5", "mAP@10", "mAP@25", "mAP@50"}
 
@@ -171,7 +171,7 @@ def test_breakdown_intervals_contain_estimates(bench, model_dirs):
 
 
 def test_saved_stage2_model_goes_through_the_default_loader(bench, tmp_path):
-    from tfcovr.composed import ComposedModel
+    from tfcovr.models.composed import ComposedModel
     ComposedModel(16, "video").save_pretrained(tmp_path / "video_model")
     cfg = EvaluateConfig({"video-only": _variant(None, "none", "video"),
                           "saved": _variant(tmp_path / "video_model", "none", "video")}, bootstrap=10)
@@ -204,7 +204,7 @@ def test_figures_are_written(bench, model_dirs, tmp_path):
 
 def _with_bad_value(bench, video_id, value):
     "The benchmark's embeddings with one value of `video_id`'s row replaced."
-    from tfcovr.composed import ArrayEmbeddings
+    from tfcovr.models.composed import ArrayEmbeddings
     emb = bench["embeddings"].emb.copy()
     emb[bench["embeddings"].ids.index(video_id), 3] = value
     return ArrayEmbeddings(bench["embeddings"].ids, emb)
@@ -244,7 +244,7 @@ def test_report_figures_name_the_row_of_non_finite_embeddings(bench, model_dirs,
 
 
 def _write_cache(folder: Path, emb) -> None:
-    "An embedding cache in the format of tfcovr.embed."
+    "An embedding cache in the format of tfcovr.eval.embed."
     folder.mkdir(parents=True)
     np.save(folder / "embeddings.npy", emb.emb.astype(np.float32))
     (folder / "index.json").write_text(json.dumps({"video_ids": emb.ids}))
@@ -254,9 +254,9 @@ def _write_cache(folder: Path, emb) -> None:
 
 
 def test_evaluate_and_report_stages_run_through_papermill(root, bench, tmp_path):
-    pytest.importorskip("tfcovr.embed")
-    from tfcovr.composed import ComposedModel
-    from tfcovr.triplets import EVAL_COLUMNS
+    pytest.importorskip("tfcovr.eval.embed")
+    from tfcovr.models.composed import ComposedModel
+    from tfcovr.data.triplets import EVAL_COLUMNS
     _write_cache(tmp_path / "emb", bench["embeddings"])
     ComposedModel(16, "video").save_pretrained(tmp_path / "model")
     t = bench["triplets"].assign(query_label="q", query_source="s", target_label="t", n_targets=3, split="test")[EVAL_COLUMNS]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import tfcovr.fetch as fetch
+import tfcovr.data.fetch as fetch
 from tfcovr.cli import main
-from tfcovr.fetch import LABEL_FILES, FetchError, check_labels, fetch_labels, labels_dir
+from tfcovr.data.fetch import LABEL_FILES, FetchError, check_labels, fetch_labels, labels_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD, BAD = b"Clabel: 0; set: 1; Glabel: 0; (VT) a\n", b"Clabel: 0; set: 1; Glabel: 0; (VT) b\n"

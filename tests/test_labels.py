@@ -1,4 +1,4 @@
-"""Label extraction (tfcovr.labels) and label attributes (tfcovr.attributes) on the real annotation files,
+"""Label extraction (tfcovr.data.labels) and label attributes (tfcovr.data.attributes) on the real annotation files,
 the error cases on small files, and the `labels` stage run through papermill on a tiny benchmark."""
 import collections
 import functools
@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfcovr.attributes import Attributes, add_attributes, diff_attributes, is_complete, parse_label
+from tfcovr.data.attributes import Attributes, add_attributes, diff_attributes, is_complete, parse_label
 from tfcovr.core import from_dict
-from tfcovr.labels import (FINEDIVING_ANNOTATION, FINEDIVING_TABLE, LabelsConfig, UnsafePickleError, label_table,
+from tfcovr.data.labels import (FINEDIVING_ANNOTATION, FINEDIVING_TABLE, LabelsConfig, UnsafePickleError, label_table,
                            load_finediving, load_finegym, load_labels, safe_load_pickle)
 
 

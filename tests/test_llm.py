@@ -10,11 +10,11 @@ import time
 import pandas as pd
 import pytest
 
-import tfcovr.llm as L
-from tfcovr.attributes import parse_label
+import tfcovr.data.llm as L
+from tfcovr.data.attributes import parse_label
 from tfcovr.core import ParamsError, from_dict, stable_hash, to_dict
-from tfcovr.modify import ModifyConfig, generate_modifications
-from tfcovr.rules import RuleModifier
+from tfcovr.data.modify import ModifyConfig, generate_modifications
+from tfcovr.data.rules import RuleModifier
 
 
 KEY_ENV, KEY = "TFCOVR_TEST_LLM_KEY", "sk-test-4f2b9c0d1e"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from tfcovr.metrics import (ap_at_k, map_at_k, per_query_metrics, per_query_metrics_from_embeddings, recall_at_k,
+from tfcovr.eval.metrics import (ap_at_k, map_at_k, per_query_metrics, per_query_metrics_from_embeddings, recall_at_k,
                             retrieval_metrics, retrieval_metrics_from_embeddings, summarize_metrics)
 
 

@@ -2,12 +2,12 @@
 import pandas as pd
 import pytest
 
-import tfcovr.llm
-import tfcovr.modify as M
-import tfcovr.rules
-from tfcovr.attributes import parse_label
+import tfcovr.data.llm
+import tfcovr.data.modify as M
+import tfcovr.data.rules
+from tfcovr.data.attributes import parse_label
 from tfcovr.core import ParamsError, from_dict, to_dict
-from tfcovr.llm import PromptExample
+from tfcovr.data.llm import PromptExample
 
 
 KEY = "sk-test-4f2b9c0d1e"  # a key-like value that must never be echoed
@@ -50,17 +50,17 @@ def test_generate_modifications_table():
 
 
 def test_make_modifier_and_reexported_names():
-    assert type(M.make_modifier(M.ModifyConfig(), 0)) is tfcovr.rules.RuleModifier
-    llm = M.make_modifier(M.ModifyConfig(generator="llm", llm=tfcovr.llm.LLMConfig(cache_path=None)), 0)
-    assert type(llm) is tfcovr.llm.LLMModifier
-    assert M.MOD_TYPES is tfcovr.rules.MOD_TYPES       # the evaluator imports the types from tfcovr.modify
-    assert M.RuleModifier is tfcovr.rules.RuleModifier and M.LLMConfig is tfcovr.llm.LLMConfig
+    assert type(M.make_modifier(M.ModifyConfig(), 0)) is tfcovr.data.rules.RuleModifier
+    llm = M.make_modifier(M.ModifyConfig(generator="llm", llm=tfcovr.data.llm.LLMConfig(cache_path=None)), 0)
+    assert type(llm) is tfcovr.data.llm.LLMModifier
+    assert M.MOD_TYPES is tfcovr.data.rules.MOD_TYPES       # the evaluator imports the types from tfcovr.data.modify
+    assert M.RuleModifier is tfcovr.data.rules.RuleModifier and M.LLMConfig is tfcovr.data.llm.LLMConfig
 
 
 # ---------------------------------------------------------------- the answers cache is always a stage output
 def test_ensure_cache_file(tmp_path):
     path = tmp_path / "cache" / "modify_llm.jsonl"
-    cfg = M.ModifyConfig(llm=tfcovr.llm.LLMConfig(cache_path=path))
+    cfg = M.ModifyConfig(llm=tfcovr.data.llm.LLMConfig(cache_path=path))
     M.generate_modifications(_table(), None, cfg, seed=0, progress=False)
     assert M.ensure_cache_file(cfg) == path and path.read_text() == ""     # the rules asked nothing: an empty file
     path.write_text('{"key": "k", "answer": "show with 2 turns", "base_url": "https://a/v1"}\n')
@@ -68,4 +68,4 @@ def test_ensure_cache_file(tmp_path):
     assert "show with 2 turns" in path.read_text()                           # answers survive a rule run
     assert [p.name for p in path.parent.iterdir()] == ["modify_llm.jsonl"]  # no temporary left behind
     with pytest.raises(ParamsError, match=r"modify\.llm\.cache_path"):
-        M.ensure_cache_file(M.ModifyConfig(llm=tfcovr.llm.LLMConfig(cache_path=None)))
+        M.ensure_cache_file(M.ModifyConfig(llm=tfcovr.data.llm.LLMConfig(cache_path=None)))

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tfcovr.attributes import diff_attributes, parse_label
+from tfcovr.data.attributes import diff_attributes, parse_label
 from tfcovr.core import ParamsError, from_dict, to_dict
-from tfcovr.labels import load_finediving
-from tfcovr.pairing import (CANDIDATE_COLUMNS, PAIR_COLUMNS, PairingConfig, build_pairs, candidate_pairs, pairing_summary,
+from tfcovr.data.labels import load_finediving
+from tfcovr.data.pairing import (CANDIDATE_COLUMNS, PAIR_COLUMNS, PairingConfig, build_pairs, candidate_pairs, pairing_summary,
                             plot_pairs_per_label, plot_similarity, select_pairs)
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tfcovr.fusion import FusionConfig
+from tfcovr.models.fusion import FusionConfig
 from tfcovr.cli import main
-from tfcovr.retrieval import ComposedRetriever, GalleryIndex, Hit, format_hits, search_main
-from tfcovr.composed import ArrayEmbeddings
-from tfcovr.stage2 import Stage2Config, synthetic_problem, train_stage2
-from tfcovr.text import TextConfig
-from tfcovr.video import load_clip
+from tfcovr.eval.retrieval import ComposedRetriever, GalleryIndex, Hit, format_hits, search_main
+from tfcovr.models.composed import ArrayEmbeddings
+from tfcovr.train.stage2 import Stage2Config, synthetic_problem, train_stage2
+from tfcovr.models.text import TextConfig
+from tfcovr.data.video import load_clip
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_search_by_gallery_id_embedding_file_and_frames(trained, tmp_path):
 
 
 def test_stage1_checkpoint_goes_through_tfcovr_embed(trained, monkeypatch):
-    import tfcovr.retrieval as R
+    import tfcovr.eval.retrieval as R
     calls = []
     monkeypatch.setattr(R, "load_video_encoder", lambda ckpt, device="cpu": calls.append((ckpt, device)) or (lambda v: np.ones(32, np.float32)))
     r = ComposedRetriever(trained["model"], trained["gallery"], video_encoder="models/stage1")
@@ -114,7 +114,7 @@ def _said(err: str) -> list[str]:
 
 def test_search_command_takes_a_frame_folder_query(trained, tmp_path, monkeypatch, capsys):
     "A FineDiving-style folder of JPEG frames is a query video, read by the Stage-1 encoder like an mp4."
-    import tfcovr.retrieval as R
+    import tfcovr.eval.retrieval as R
     folder = tmp_path / "01" / "7"; folder.mkdir(parents=True)
     for k in range(5): Image.fromarray(np.full((16, 16, 3), 40 * k, np.uint8)).save(folder / f"{k:05d}.jpg")
     emb, seen = trained["problem"]["embeddings"].lookup(["val1_0"])[0], []

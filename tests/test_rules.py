@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-import tfcovr.rules as R
-from tfcovr.attributes import parse_label
-from tfcovr.modify import ModifyConfig, generate_modifications
+import tfcovr.data.rules as R
+from tfcovr.data.attributes import parse_label
+from tfcovr.data.modify import ModifyConfig, generate_modifications
 
 
 from modify_cases import PAIRS, VT, _gen, _table
@@ -96,8 +96,8 @@ def test_rule_on_real_gym288_pairs(shared_data):
 
 
 def test_rule_on_real_finediving_pairs(shared_data):
-    from tfcovr.attributes import diff_attributes
-    from tfcovr.labels import load_finediving
+    from tfcovr.data.attributes import diff_attributes
+    from tfcovr.data.labels import load_finediving
     clips = load_finediving(shared_data / "finediving")
     labels = clips.drop_duplicates("label_id").set_index("label_id")["label"].to_dict()
     assert len(labels) >= 40
@@ -124,7 +124,7 @@ def test_rule_text_never_spells_the_target():
 
 
 def test_rule_texts_over_synthgym_labels_never_spell_the_target():
-    from tfcovr.synth import VOCAB
+    from tfcovr.data.synth import VOCAB
     acts = [a for a in VOCAB]
     pairs = [(a.name, b.name, a.text, b.text, a.dataset) for a in acts for b in acts
              if a.dataset == b.dataset and a.text != b.text and (a.event == b.event or a.dataset == "finediving")]
@@ -137,7 +137,7 @@ def test_rule_texts_over_synthgym_labels_never_spell_the_target():
 
 
 def test_rule_texts_on_real_pairs_never_spell_the_target(shared_data):
-    from tfcovr.labels import load_finediving
+    from tfcovr.data.labels import load_finediving
     labels = {}
     for line in (shared_data / "finegym" / "gym288_categories.txt").read_text().splitlines():
         m = re.match(r"Clabel:\s*(\d+);.*?;\s*Glabel:\s*\d+;\s*(.*)", line)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tfcovr.aim import AIMConfig
-from tfcovr.clips import toy_clips
-from tfcovr.composed import ModelFileError
+from tfcovr.models.aim import AIMConfig
+from tfcovr.train.clips import toy_clips
+from tfcovr.models.composed import ModelFileError
 from tfcovr.core import TMPDIR_ENV, derive_seed, seed_everything, to_dict
-from tfcovr.stage1 import Stage1Config, load_stage1, train_stage1
-from tfcovr.video import VideoError
+from tfcovr.train.stage1 import Stage1Config, load_stage1, train_stage1
+from tfcovr.data.video import VideoError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ import json, os, sys
 from pathlib import Path
 import pandas as pd
 from tfcovr.core import from_dict
-from tfcovr.stage1 import Stage1Config, train_stage1
+from tfcovr.train.stage1 import Stage1Config, train_stage1
 cfg = from_dict(Stage1Config, json.loads(Path(sys.argv[1]).read_text()))
 res = train_stage1(cfg, pd.read_parquet(sys.argv[2]), sys.argv[3], sys.argv[4], seed=0,
                    stop_after=json.loads(sys.argv[5]), progress=False)
@@ -113,7 +113,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tfcovr.core import from_dict
-from tfcovr.stage1 import Stage1Config, train_stage1
+from tfcovr.train.stage1 import Stage1Config, train_stage1
 save = torch.save
 def die(obj, f, *a, **k):
     save(obj, f, *a, **k); os.kill(os.getpid(), signal.SIGKILL)

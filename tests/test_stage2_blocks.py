@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tfcovr.fusion import FusionConfig, check_dims, create_fusion
-from tfcovr.losses import HNNCE, LossConfig, create_loss
-from tfcovr.text import clean_caption, create_text_encoder, list_text_encoders, register_text_encoder, spell_numbers
+from tfcovr.models.fusion import FusionConfig, check_dims, create_fusion
+from tfcovr.models.losses import HNNCE, LossConfig, create_loss
+from tfcovr.models.text import clean_caption, create_text_encoder, list_text_encoders, register_text_encoder, spell_numbers
 
 
 def _loop(q, t, tau, alpha, beta, same=None):
@@ -44,7 +44,7 @@ def test_hnnce_matches_loop_with_and_without_mask(seed):
 
 def test_row_normalisation_not_column():
     "w_ij is normalised over row i; the published code divided by row j's sum, which gives a different value."
-    from tfcovr.losses import _hn_rows
+    from tfcovr.models.losses import _hn_rows
     g = torch.Generator().manual_seed(3)
     q = F.normalize(torch.randn(5, 4, generator=g, dtype=torch.float64), dim=-1)
     t = F.normalize(torch.randn(5, 4, generator=g, dtype=torch.float64), dim=-1)

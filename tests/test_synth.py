@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tfcovr.core import ParamsError, load_params, to_dict
-from tfcovr.render import MAIN, MAIN_JITTER, PRE, PRE_JITTER, MIN_POST, Look, motion_angles, render_video
-from tfcovr.synth import (ACTIONS, SUB_ACTIONS, VOCAB, SynthConfig, build_synth, centre_indices, default_config,
+from tfcovr.data.render import MAIN, MAIN_JITTER, PRE, PRE_JITTER, MIN_POST, Look, motion_angles, render_video
+from tfcovr.data.synth import (ACTIONS, SUB_ACTIONS, VOCAB, SynthConfig, build_synth, centre_indices, default_config,
                           differences, plan_synth, sampled_frames, tiny_config, whole_rotation_pair)
 
 CATEGORY = re.compile(r"^Clabel:\s*(\d+);\s*set:\s*(\d+);\s*Glabel:\s*(\d+);\s*\((VT|FX|BB|UB)\) (.+)$")
@@ -123,8 +123,8 @@ def test_dive_wording_is_finedivings(shared_data):
 
 def test_label_loaders_and_parser_read_synthgym(built):
     "The project's own loaders read SynthGym as they read the real files, and its parser recovers the true attributes."
-    labels = pytest.importorskip("tfcovr.labels")
-    attributes = pytest.importorskip("tfcovr.attributes")
+    labels = pytest.importorskip("tfcovr.data.labels")
+    attributes = pytest.importorskip("tfcovr.data.attributes")
     root, man = built
     gym = labels.load_finegym(root / "finegym" / "categories.txt",
                               {s: root / "finegym" / f"{s}_element.txt" for s in SPLITS}, root / "finegym" / "set_categories.txt")
@@ -149,9 +149,9 @@ def test_clips_decode(built):
 
 
 def test_clips_are_written_by_the_one_mp4_writer(built):
-    "SynthGym encodes with `tfcovr.video.write_mp4`, whose fixed x264 settings make its bytes reproducible."
-    import tfcovr.render, tfcovr.synth, tfcovr.video
-    assert tfcovr.synth.write_mp4 is tfcovr.video.write_mp4 and not hasattr(tfcovr.render, "write_mp4")
+    "SynthGym encodes with `tfcovr.data.video.write_mp4`, whose fixed x264 settings make its bytes reproducible."
+    import tfcovr.data.render, tfcovr.data.synth, tfcovr.data.video
+    assert tfcovr.data.synth.write_mp4 is tfcovr.data.video.write_mp4 and not hasattr(tfcovr.data.render, "write_mp4")
     root, man = built
     for v in man["videos"][:3]:
         data = (root / v["path"]).read_bytes()

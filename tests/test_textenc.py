@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tfcovr.textenc import MINILM, embed_texts, load_text_model, minilm_dir
+from tfcovr.data.textenc import MINILM, embed_texts, load_text_model, minilm_dir
 
 
 def _minilm_tokenizer_copy(d: Path) -> None:

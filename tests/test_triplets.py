@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from tfcovr.core import to_dict
-from tfcovr.labels import load_finediving, load_finegym
-from tfcovr.modify import ModifyConfig, generate_modifications
-from tfcovr.pairing import PairingConfig, build_pairs, label_attributes
-from tfcovr.triplets import (EVAL_COLUMNS, TFCOVR_EVAL, TFCOVR_TRAIN, TRAIN_COLUMNS, TripletsConfig, build_triplets,
+from tfcovr.data.labels import load_finediving, load_finegym
+from tfcovr.data.modify import ModifyConfig, generate_modifications
+from tfcovr.data.pairing import PairingConfig, build_pairs, label_attributes
+from tfcovr.data.triplets import (EVAL_COLUMNS, TFCOVR_EVAL, TFCOVR_TRAIN, TRAIN_COLUMNS, TripletsConfig, build_triplets,
                              export_tfcovr_csvs, gallery_videos, load_triplets, read_tfcovr_csv, triplet_stats, video_table,
                              write_triplets)
 

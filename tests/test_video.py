@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from tfcovr.core import rng
-from tfcovr.video import (ShortVideoWarning, VideoError, check_main, check_video, check_videos, load_clip, resize_clip,
+from tfcovr.data.video import (ShortVideoWarning, VideoError, check_main, check_video, check_videos, load_clip, resize_clip,
                           resolve_video, segment_indices, video_length, write_mp4)
 
 
@@ -266,7 +266,7 @@ def test_check_reads_every_frame_and_names_the_broken_one(tmp_path, capsys):
 
 WRITE_IN_CHILD = """
 import sys, numpy as np
-from tfcovr.video import write_mp4
+from tfcovr.data.video import write_mp4
 g = np.random.default_rng(0)
 f = np.clip(np.linspace(0, 255, 48)[None, None, :, None] + g.normal(0, 4, (24, 48, 48, 3)), 0, 255).astype(np.uint8)
 write_mp4(sys.argv[1], f, fps=25, crf=18)

@@ -23,10 +23,10 @@ def _params(args: argparse.Namespace) -> int:
 
 
 ROUTED = {  # command -> (module:function taking argv, help)
-    "fetch-labels": ("tfcovr.fetch:fetch_main", "download the FineGym / FineDiving annotation files, checked against pinned checksums"),
-    "stage1": ("tfcovr.stage1:stage1_main", "train one Stage-1 encoder of params.yaml"),
-    "embed": ("tfcovr.embed:embed_main", "extract one encoder's embedding cache"),
-    "search": ("tfcovr.retrieval:search_main", "composed retrieval: VIDEO + TEXT -> top-k gallery videos"),
+    "fetch-labels": ("tfcovr.data.fetch:fetch_main", "download the FineGym / FineDiving annotation files, checked against pinned checksums"),
+    "stage1": ("tfcovr.train.stage1:stage1_main", "train one Stage-1 encoder of params.yaml"),
+    "embed": ("tfcovr.eval.embed:embed_main", "extract one encoder's embedding cache"),
+    "search": ("tfcovr.eval.retrieval:search_main", "composed retrieval: VIDEO + TEXT -> top-k gallery videos"),
 }
 
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("params", help="validate a params.yaml file")
     s.add_argument("file", nargs="?", default="params.yaml")
     s.set_defaults(func=_params)
-    from tfcovr.video import add_check_args, run_check
+    from tfcovr.data.video import add_check_args, run_check
     s = sub.add_parser("check", help="list every unreadable video of a labels table")
     add_check_args(s).set_defaults(func=run_check)
     for name, (target, help) in ROUTED.items():

@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .core import ParamsError, load_params, to_dict
-from .embed import EmbedConfig
-from .evaluate import EvaluateConfig
-from .labels import DataConfig
-from .modify import ModifyConfig
-from .pairing import PairingConfig
-from .report import ReportConfig
-from .stage1 import Stage1Config
-from .stage2 import Stage2Run
-from .synth import SynthConfig
-from .triplets import TripletsConfig
+from .eval.embed import EmbedConfig
+from .eval.evaluate import EvaluateConfig
+from .data.labels import DataConfig
+from .data.modify import ModifyConfig
+from .data.pairing import PairingConfig
+from .eval.report import ReportConfig
+from .train.stage1 import Stage1Config
+from .train.stage2 import Stage2Run
+from .data.synth import SynthConfig
+from .data.triplets import TripletsConfig
 
 # %% auto #0
 __all__ = ['EMBEDDINGS_ROOT', 'SCHEMA', 'check_params']
