@@ -28,7 +28,7 @@ import yaml
 __all__ = ['DEVICES', 'TMPDIR_ENV', 'ParamsError', 'from_dict', 'to_dict', 'read_yaml', 'load_params', 'derive_seed', 'rng',
            'set_threads', 'seed_everything', 'check_device', 'get_device', 'file_sha256', 'stable_hash', 'find_root',
            'Layout', 'set_output_mode', 'temp_root', 'clean_temporaries', 'atomic_path', 'atomic_write', 'atomic_dir',
-           'write_json']
+           'write_json', 'check_columns', 'save_figure']
 
 # %% ../nbs/00_core.ipynb #10f49321
 class ParamsError(ValueError):
@@ -426,4 +426,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def write_json(path: str | Path, obj: Any) -> Path:
     "Write `obj` as indented JSON, atomically."
     with atomic_write(path) as f: json.dump(obj, f, indent=2, sort_keys=False); f.write("\n")
+    return Path(path)
+
+# %% ../nbs/00_core.ipynb #e38fb7a3
+def check_columns(df: "pd.DataFrame",  # a table
+                  columns,             # the column names it needs
+                  what: str = "table", # its name in the error message
+                 ) -> None:
+    "Raise a `ValueError` naming `what` and the missing columns."
+    missing = [c for c in columns if c not in df.columns]
+    if missing: raise ValueError(f"{what} lacks column(s) {missing} (has {list(df.columns)})")
+
+
+def save_figure(fig: "plt.Figure",  # the figure
+                path: str | Path, # PNG file to write (atomically)
+               ) -> Path:
+    "Write `fig` as PNG to `path` atomically."
+    with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return Path(path)

@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 
 from .attributes import Attributes, diff_attributes, is_complete, parse_label
-from ..core import atomic_path, check_device, get_device
+from ..core import atomic_path, check_columns, check_device, get_device, save_figure
 from .labels import label_table
 from .textenc import embed_texts
 
 # %% auto #0
-__all__ = ['LABEL_COLUMNS', 'ATTRIBUTE_FIELDS', 'CANDIDATE_COLUMNS', 'PAIR_COLUMNS', 'PairingConfig', 'check_columns',
-           'pairing_labels', 'label_attributes', 'embed_labels', 'eligible_labels', 'candidate_pairs', 'select_pairs',
-           'PairingResult', 'build_pairs', 'pairing_summary', 'save_figure', 'plot_similarity', 'plot_pairs_per_label']
+__all__ = ['LABEL_COLUMNS', 'ATTRIBUTE_FIELDS', 'CANDIDATE_COLUMNS', 'PAIR_COLUMNS', 'PairingConfig', 'pairing_labels',
+           'label_attributes', 'embed_labels', 'eligible_labels', 'candidate_pairs', 'select_pairs', 'PairingResult',
+           'build_pairs', 'pairing_summary', 'plot_similarity', 'plot_pairs_per_label']
 
 # %% ../../nbs/16_data.pairing.ipynb #395f2215
 @dataclasses.dataclass
@@ -53,15 +53,6 @@ class PairingConfig:
 # %% ../../nbs/16_data.pairing.ipynb #8383376d
 LABEL_COLUMNS = ("dataset", "video_id", "source_video", "label_id", "label_code", "label", "event", "split")  # clip table columns used
 ATTRIBUTE_FIELDS = tuple(f.name for f in dataclasses.fields(Attributes))  # discipline, event, element, ...
-
-
-def check_columns(df: pd.DataFrame,    # a table
-                  columns,             # the column names it needs
-                  what: str = "table", # its name in the error message
-                 ) -> None:
-    "Raise a `ValueError` naming `what` and the missing columns."
-    missing = [c for c in columns if c not in df.columns]
-    if missing: raise ValueError(f"{what} lacks column(s) {missing} (has {list(df.columns)})")
 
 
 def pairing_labels(labels_df: pd.DataFrame,  # clip table: one row per clip (`tfcovr.data.labels.load_labels`)
@@ -219,14 +210,6 @@ def pairing_summary(res: PairingResult,  # output of `build_pairs`
     return out
 
 # %% ../../nbs/16_data.pairing.ipynb #c02cab35
-def save_figure(fig: plt.Figure,  # the figure
-                path: str | Path, # PNG file to write (atomically)
-               ) -> Path:
-    "Write `fig` as PNG to `path` atomically."
-    with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    return Path(path)
-
-
 def plot_similarity(cands: pd.DataFrame,        # output of `candidate_pairs`
                     cfg: PairingConfig,         # band and rules (marked on the plot)
                     path: str | Path | None = None,  # PNG to write (None: don't write)
