@@ -63,7 +63,7 @@ def step_bench(name: str, num_frames: int, batch: int, steps: int, device: str, 
 def epoch_bench(batch: int) -> dict:
     "One toy epoch of `train_stage1` on CPU: 4 classes x 8 train clips + 4 x 2 val clips of 12 frames, 64 x 64."
     from tfcovr.models.aim import AIMConfig
-    from tfcovr.train.clips import toy_clips
+    from tfcovr.toys import toy_clips
     from tfcovr.train.stage1 import Stage1Config, train_stage1
     with tempfile.TemporaryDirectory() as d:
         labels = toy_clips(Path(d) / "v", classes=("down", "up", "left", "right"), per_split={"train": 8, "val": 2})

@@ -11,7 +11,7 @@ import pytest
 
 import tfcovr.eval.embed as E
 from tfcovr.models.aim import AIMConfig
-from tfcovr.train.clips import toy_clips
+from tfcovr.toys import toy_clips
 from tfcovr.core import TMPDIR_ENV
 from tfcovr.eval.embed import (EmbedConfig, EncoderSpec, IncompleteEmbeddings, extract_embeddings, load_embeddings,
                           untrained_encoder)

@@ -14,8 +14,9 @@ from PIL import Image
 from torch.nn import functional as F
 
 from tfcovr.core import file_sha256, to_dict
-from tfcovr.eval.evaluate import (MODEL_NAMES, EvaluateConfig, PrototypeModel, bootstrap_ci, build_gallery, evaluate_model,
-                             evaluate_variants, query_features, synthetic_benchmark)
+from tfcovr.eval.evaluate import (MODEL_NAMES, EvaluateConfig, bootstrap_ci, build_gallery, evaluate_model, evaluate_variants,
+                                  query_features)
+from tfcovr.toys import PrototypeModel, synthetic_benchmark
 from tfcovr.eval.metrics import DEFAULT_KS
 from tfcovr.eval.report import ReportConfig, report_figures, write_reports
 

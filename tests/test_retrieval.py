@@ -13,7 +13,8 @@ from tfcovr.models.fusion import FusionConfig
 from tfcovr.cli import main
 from tfcovr.eval.retrieval import ComposedRetriever, GalleryIndex, Hit, format_hits, search_main
 from tfcovr.models.composed import ArrayEmbeddings
-from tfcovr.train.stage2 import Stage2Config, synthetic_problem, train_stage2
+from tfcovr.toys import synthetic_problem
+from tfcovr.train.stage2 import Stage2Config, train_stage2
 from tfcovr.models.text import TextConfig
 from tfcovr.data.video import load_clip
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tfcovr.models.aim import AIMConfig
-from tfcovr.train.clips import toy_clips
+from tfcovr.toys import toy_clips
 from tfcovr.models.composed import ModelFileError
 from tfcovr.core import TMPDIR_ENV, derive_seed, seed_everything, to_dict
 from tfcovr.train.stage1 import Stage1Config, load_stage1, train_stage1

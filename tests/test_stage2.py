@@ -15,7 +15,8 @@ import torch
 
 from tfcovr.models.composed import ArrayEmbeddings, ComposedModel
 from tfcovr.core import ParamsError, from_dict, load_params
-from tfcovr.train.stage2 import Stage2Config, eval_gallery, evaluate, make_batches, synthetic_problem, train_stage2
+from tfcovr.toys import synthetic_problem
+from tfcovr.train.stage2 import Stage2Config, eval_gallery, evaluate, make_batches, train_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,8 @@ DDP_SCRIPT = """
 import json, os, sys, torch
 sys.path.insert(0, {tests!r})
 from test_stage2 import config
-from tfcovr.train.stage2 import synthetic_problem, train_stage2
+from tfcovr.toys import synthetic_problem
+from tfcovr.train.stage2 import train_stage2
 torch.set_num_threads(1)
 p = synthetic_problem(2, n_labels=4, per_label=(4, 2))
 cfg = config(text=dict(name="bert-tiny", freeze=True), batch_size=8, loss=dict(mask_same_target=True))

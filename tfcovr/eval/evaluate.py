@@ -27,7 +27,7 @@ from ..data.triplets import gallery_videos, unique_videos
 __all__ = ['MODEL_NAMES', 'MODALITIES', 'DISCIPLINES', 'EVAL_NEEDS', 'VariantConfig', 'EvaluateConfig', 'split_videos', 'Gallery',
            'build_gallery', 'check_triplets', 'evaluate_model', 'query_features', 'variant_errors', 'load_stage2_model',
            'bootstrap_ci', 'breakdown', 'paired_differences', 'fingerprint_files', 'model_fingerprint', 'EvaluationRun',
-           'evaluate_variants', 'synthetic_benchmark', 'PrototypeModel']
+           'evaluate_variants']
 
 # %% ../../nbs/32_eval.evaluate.ipynb #070f8e2c
 MODEL_NAMES = ("TF-CoVR-Base", "1-frame", "text-only", "video-only", "avg-fusion", "stage2-only")  # the table's rows
@@ -400,39 +400,3 @@ def evaluate_variants(cfg: EvaluateConfig,             # the `evaluate` section
         "variants": info, "breakdown": {k2: bd[k2] for k2 in ("metric", "resamples", "confidence", "interval")}, "seed": seed,
     }
     return EvaluationRun(rows, per_query, bd, protocol)
-
-# %% ../../nbs/32_eval.evaluate.ipynb #e6ff14e2
-def synthetic_benchmark(seed: int = 0,      # generator seed
-                        n_labels: int = 6,  # labels (the first half FineGym, the rest FineDiving)
-                        per_label: tuple[int, int] = (2, 3),  # videos per label in val and in test
-                        dim: int = 16,      # embedding size
-                        noise: float = 0.05,  # embedding noise around the label prototype
-                       ) -> dict[str, Any]:  # videos, triplets (test), embeddings (ArrayEmbeddings), prototypes [L, D]
-    "A tiny labelled benchmark with prototype embeddings, for tests and examples."
-    from tfcovr.models.composed import ArrayEmbeddings
-    g = rng(seed, "synthetic-eval")
-    protos = g.standard_normal((n_labels, dim)).astype(np.float32)
-    rows = [(f"v{a}_{s}{i}", f"l{a}", s, "finegym" if a < n_labels // 2 else "finediving")
-            for a in range(n_labels) for s, n in zip(("val", "test"), per_label) for i in range(n)]
-    videos = pd.DataFrame(rows, columns=["video_id", "label_id", "split", "dataset"]).assign(video_key=lambda d: d.video_id)
-    emb = protos[[int(l[1:]) for l in videos.label_id]] + noise * g.standard_normal((len(videos), dim)).astype(np.float32)
-    types = MOD_TYPES[:5]  # turns, somersaults, twists, position, event
-    trip = []
-    half = n_labels // 2
-    pairs = [(a, b) for a in range(n_labels) for b in range(n_labels) if a != b and (a < half) == (b < half)]
-    for p, (a, b) in enumerate(pairs):
-        gts = videos[(videos.label_id == f"l{b}") & (videos.split == "test")].video_id.tolist()
-        for v in videos[(videos.label_id == f"l{a}") & (videos.split == "test")].video_id:
-            trip.append((v, f"l{a}", f"l{b}", f"make it l{b}", types[p % len(types)], gts[0], gts, "finegym" if a < half else "finediving"))
-    t = pd.DataFrame(trip, columns=["query_video", "query_label_id", "target_label_id", "modification", "modification_type",
-                                    "target_video", "target_videos", "dataset"])
-    t.insert(0, "query_id", np.arange(len(t)))
-    return {"videos": videos, "triplets": t, "embeddings": ArrayEmbeddings(videos.video_id.tolist(), emb), "prototypes": protos}
-
-
-class PrototypeModel:
-    "A stand-in query model: the query is the prototype of the label the text names (`make it l3`)."
-    def __init__(self, prototypes: np.ndarray): self.protos = torch.from_numpy(np.asarray(prototypes, np.float32))
-    def encode_query(self, video_emb: torch.Tensor, texts: list[str]) -> torch.Tensor:  # [B, D] -> [B, D]
-        return F.normalize(self.protos[[int(t.rsplit("l", 1)[1]) for t in texts]], dim=-1)
-    def encode_target(self, video_emb: torch.Tensor) -> torch.Tensor: return F.normalize(video_emb.float(), dim=-1)

@@ -26,7 +26,7 @@ from ..data.video import (SHORT, VideoError, handle_short, load_clip, resize_cli
 
 # %% auto #0
 __all__ = ['VideoRoots', 'class_index', 'video_root', 'parse_roots', 'params_roots', 'add_data_args', 'args_roots',
-           'video_fingerprint', 'resolve_paths', 'crop_box', 'augment_clip', 'ClipDataset', 'toy_clips']
+           'video_fingerprint', 'resolve_paths', 'crop_box', 'augment_clip', 'ClipDataset']
 
 # %% ../../nbs/41_train.clips.ipynb #150631b5
 VideoRoots = str | Path | Mapping[str, str | Path]
@@ -209,36 +209,3 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:  # [T, 3, size, size] float32, class
         return preprocess(self.clip(idx), self.variant), self.targets[idx]
-
-# %% ../../nbs/41_train.clips.ipynb #0b6c5c27
-_DIRECTIONS = {"down": (1, 0), "up": (-1, 0), "right": (0, 1), "left": (0, -1)}
-
-
-def toy_clips(root: str | Path,                              # folder to write `<video_id>.mp4` into
-              classes: Sequence[str] = ("down", "up"),       # motion directions: down, up, right, left
-              per_split: Mapping[str, int] | None = None,    # clips per class and split (default: train 4, val 2)
-              num_frames: int = 12,                          # frames per clip
-              side: int = 64,                                # frame side (a multiple of 16)
-              speed: float = 3.0,                            # pixels per frame
-              seed: int = 0,                                 # draws positions and colours
-              ) -> pd.DataFrame:                             # a labels table of the clips
-    "Write toy clips whose class is the direction of motion; return their labels table."
-    unknown = [c for c in classes if c not in _DIRECTIONS]
-    if unknown: raise ValueError(f"unknown toy classes {unknown} (known: {', '.join(_DIRECTIONS)})")
-    half, sq = speed * (num_frames - 1) / 2, 8
-    if side % 16 or side < 2 * half + 2 * sq: raise ValueError(f"side {side} must be a multiple of 16 and >= {2 * half + 2 * sq:.0f}")
-    rows, t = [], np.arange(num_frames) - (num_frames - 1) / 2      # [T] frame offsets from the middle
-    for split, n in (per_split or {"train": 4, "val": 2}).items():
-        for c in classes:
-            for i in range(n):
-                vid = f"toy_{split}_{c}_{i}"
-                g = rng(seed, "toy", vid)
-                centre = g.uniform(half + sq / 2, side - half - sq / 2, 2)                  # (y, x) at the middle frame
-                pos = centre + np.outer(t * speed, _DIRECTIONS[c])                          # [T, 2]
-                frames = np.full((num_frames, side, side, 3), g.integers(0, 60), np.uint8)
-                colour = g.integers(150, 256, 3).astype(np.uint8)
-                for k, (y, x) in enumerate(np.round(pos - sq / 2).astype(int)): frames[k, y:y + sq, x:x + sq] = colour
-                write_mp4(Path(root) / f"{vid}.mp4", frames)
-                rows.append({"dataset": "finegym", "split": split, "video_id": vid, "video_key": vid, "source_video": vid,
-                             "label_id": f"toy/{c}", "label": f"square moving {c}", "event": "toy"})
-    return pd.DataFrame(rows)

@@ -29,8 +29,8 @@ from ..models.text import TextConfig
 from ..data.triplets import unique_videos
 
 # %% auto #0
-__all__ = ['Stage2Config', 'Stage2Run', 'make_batches', 'lr_factor', 'eval_gallery', 'encode_queries', 'evaluate',
-           'synthetic_problem', 'Stage2Result', 'plot_history', 'train_stage2']
+__all__ = ['Stage2Config', 'Stage2Run', 'make_batches', 'lr_factor', 'eval_gallery', 'encode_queries', 'evaluate', 'Stage2Result',
+           'plot_history', 'train_stage2']
 
 # %% ../../nbs/43_train.stage2.ipynb #cfc14d3b
 @dataclasses.dataclass
@@ -169,33 +169,6 @@ def evaluate(model: ComposedModel,               # the query model
     excl = np.zeros_like(rel)
     excl[np.flatnonzero(qgi >= 0), qgi[qgi >= 0]] = True
     return retrieval_metrics(q @ g.T, rel, ks, excl)
-
-# %% ../../nbs/43_train.stage2.ipynb #b146be51
-_WORDS = ("salto", "twist", "pike", "tuck", "leap", "turn", "split", "roll", "jump", "spin")
-
-
-def synthetic_problem(seed: int, n_labels: int = 6, per_label: tuple[int, int] = (8, 4), dim: int = 32,
-                      noise: float = 0.3) -> dict[str, Any]:
-    "A tiny composed-retrieval problem: {'embeddings', 'videos', 'train', 'val'}; the target has the label the text names."
-    if not 2 <= n_labels <= len(_WORDS): raise ValueError(f"n_labels must be in [2, {len(_WORDS)}], got {n_labels}")
-    g = rng(seed, "synthetic")
-    protos = g.standard_normal((n_labels, dim))
-    vids = [(f"{s}{a}_{i}", f"l{a}", s) for s, n in zip(("train", "val"), per_label) for a in range(n_labels) for i in range(n)]
-    videos = pd.DataFrame(vids, columns=["video_id", "label_id", "split"])
-    emb = protos[[int(l[1:]) for l in videos.label_id]] + noise * g.standard_normal((len(videos), dim))
-    by = {(s, l): d.video_id.tolist() for (s, l), d in videos.groupby(["split", "label_id"])}
-    text = lambda a, b: f"turn it into a {_WORDS[b]}"
-    train, val = [], []
-    for a in range(n_labels):
-        for b in range(n_labels):
-            if a == b: continue
-            for qv in by[("train", f"l{a}")]:
-                train.append((qv, by[("train", f"l{b}")][int(g.integers(per_label[0]))], f"l{a}", f"l{b}", text(a, b)))
-            for qv in by[("val", f"l{a}")]:
-                val.append((qv, f"l{a}", f"l{b}", text(a, b), by[("val", f"l{b}")]))
-    return {"embeddings": ArrayEmbeddings(videos.video_id.tolist(), emb.astype(np.float32)), "videos": videos,
-            "train": pd.DataFrame(train, columns=["query_video", "target_video", "query_label_id", "target_label_id", "modification"]),
-            "val": pd.DataFrame(val, columns=["query_video", "query_label_id", "target_label_id", "modification", "target_videos"])}
 
 # %% ../../nbs/43_train.stage2.ipynb #9586d1d5
 class Stage2Result(NamedTuple):
