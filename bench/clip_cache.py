@@ -14,7 +14,8 @@ import time
 import pandas as pd
 import torch
 
-from tfcovr.train.clips import ClipDataset, class_index, params_roots
+from tfcovr.data.labels import params_roots
+from tfcovr.train.clips import ClipDataset, class_index
 
 from machine import cpu_name
 

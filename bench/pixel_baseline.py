@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tfcovr.train.clips import params_roots, resolve_paths
+from tfcovr.data.labels import params_roots
+from tfcovr.data.video import resolve_paths
 from tfcovr.core import seed_everything
 from tfcovr.data.video import load_clip
 

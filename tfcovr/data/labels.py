@@ -18,12 +18,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ..core import load_params
+
 # %% auto #0
 __all__ = ['GYM_COLUMNS', 'DIVING_COLUMNS', 'CORE_COLUMNS', 'FINEDIVING_ANNOTATION', 'FINEDIVING_TABLE', 'SPLITS', 'SOURCES',
            'UnsafePickleError', 'safe_load_pickle', 'read_finegym_categories', 'read_finegym_sets', 'load_finegym',
            'DiveNumber', 'parse_dive_number', 'describe_sub_actions', 'dive_label_texts', 'diving_event',
            'load_finediving', 'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels', 'DataConfig',
-           'label_table']
+           'params_roots', 'label_table']
 
 # %% ../../nbs/13_data.labels.ipynb #6e2bc96f
 class UnsafePickleError(pickle.UnpicklingError):
@@ -436,6 +438,12 @@ class DataConfig:
     def labels_config(self) -> LabelsConfig: return self.labels[self.source]
     @property
     def video_roots(self) -> dict[str, Path]: return self.videos[self.source]
+
+# %% ../../nbs/13_data.labels.ipynb #ead1c90c
+def params_roots(params_file: str | Path,  # params.yaml
+                 ) -> dict[str, Path]:     # dataset -> video folder
+    "The video folders of the selected source in a params file: `data.videos[data.source]`."
+    return {ds: Path(d) for ds, d in load_params(params_file, {"data": DataConfig}, strict=False)["data"].video_roots.items()}
 
 # %% ../../nbs/13_data.labels.ipynb #8ea1a63f
 def label_table(clips: pd.DataFrame,  # a clip table from `load_labels` (or `load_finegym` / `load_finediving`)

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -24,13 +25,15 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from ..core import atomic_path
+from .labels import params_roots
 
 decord.logging.set_level(decord.logging.QUIET)  # errors reach the caller as VideoError, not as stderr noise
 
 # %% auto #0
-__all__ = ['SHORT', 'VideoError', 'segment_indices', 'resize_clip', 'ShortVideoWarning', 'handle_short', 'load_clip',
-           'video_length', 'write_mp4', 'resolve_video', 'check_video', 'check_videos', 'add_check_args', 'run_check',
-           'check_main']
+__all__ = ['SHORT', 'VideoRoots', 'VideoError', 'segment_indices', 'resize_clip', 'ShortVideoWarning', 'handle_short',
+           'load_clip', 'video_length', 'write_mp4', 'resolve_video', 'check_video', 'check_videos', 'add_check_args',
+           'run_check', 'check_main', 'video_root', 'parse_roots', 'video_fingerprint', 'resolve_paths',
+           'add_data_args', 'args_roots']
 
 # %% ../../nbs/10_data.video.ipynb #04929783
 class VideoError(ValueError):
@@ -395,3 +398,69 @@ def check_main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"tfcovr check: error: {e}", file=sys.stderr)
         return 2
+
+# %% ../../nbs/10_data.video.ipynb #21d9e429
+VideoRoots = str | Path | Mapping[str, str | Path]
+
+
+def video_root(dataset: str,               # the row's dataset, e.g. 'finegym'
+               video_roots: VideoRoots,    # one folder, or dataset -> folder
+               ) -> Path:
+    "The video folder of `dataset`; a dataset without a root raises naming the known ones."
+    if isinstance(video_roots, (str, Path)): return Path(video_roots)
+    if dataset not in video_roots:
+        raise ValueError(f"no video root for dataset {dataset!r} (roots given for: {', '.join(map(str, video_roots)) or 'none'})")
+    return Path(video_roots[dataset])
+
+
+def parse_roots(specs: Sequence[str],  # `DIR` (every dataset) or `DATASET=DIR` values, as given on a command line
+                ) -> VideoRoots:
+    "Video roots from command-line values: one `DIR`, or `DATASET=DIR` per dataset."
+    if not specs: raise ValueError("no video root given")
+    pairs = [s.partition("=") for s in specs]
+    if all(sep for _, sep, _ in pairs): return {ds: Path(d) for ds, _, d in pairs}
+    if len(specs) == 1: return Path(specs[0])
+    raise ValueError(f"give one DIR or DATASET=DIR values, got {list(specs)}")
+
+
+def video_fingerprint(path: str | Path,  # an mp4 file or a frame folder
+                      chunk: int = 1 << 14,  # bytes read at each end of a file
+                      ) -> str:              # 16 hex digits
+    "A cheap content digest of a video: a file's size and first and last `chunk` bytes; a folder's file names and sizes."
+    path, h = Path(path), hashlib.sha256()
+    if path.is_dir():
+        for e in sorted(os.scandir(path), key=lambda e: e.name): h.update(f"{e.name}:{e.stat().st_size};".encode())
+    else:
+        size = path.stat().st_size
+        h.update(f"{size};".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(chunk))
+            if size > chunk: f.seek(max(chunk, size - chunk)); h.update(f.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def resolve_paths(labels: pd.DataFrame,    # rows with `video_key` (and `dataset` when roots are per dataset)
+                  video_roots: VideoRoots, # one folder, or dataset -> folder
+                  ) -> list[Path]:         # one mp4 file or frame folder per row
+    "The video of every row; all rows whose video is missing are reported in one error."
+    datasets = labels["dataset"].astype(str) if "dataset" in labels.columns else pd.Series([""] * len(labels))
+    paths, bad = [], []
+    for ds, key in zip(datasets, labels["video_key"].astype(str)):
+        try: paths.append(resolve_video(video_root(ds, video_roots), key))
+        except VideoError as e: bad.append(str(e))
+    if bad: raise FileNotFoundError(f"{len(bad)} of {len(labels)} videos not found: " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    return paths
+
+
+def add_data_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Add the options every command that reads clips shares: `--params`, `--labels`, `--root`."
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
+    ap.add_argument("--labels", type=Path, default=Path("data/build/labels.parquet"), help="labels table")
+    ap.add_argument("--root", action="append", default=[], metavar="[DATASET=]DIR",
+                    help="video folder (repeatable per dataset; default: the params file's data.videos.<data.source>)")
+    return ap
+
+
+def args_roots(a: argparse.Namespace) -> VideoRoots:
+    "The video roots of parsed `add_data_args` options: the `--root` values, else the params file's folders."
+    return parse_roots(a.root) if a.root else params_roots(a.params)

@@ -23,12 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..models.aim import AIM, AIMConfig, aim_cfg, cached_weights, create_aim, preprocess
-from ..train.clips import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root
 from ..models.composed import ModelFileError, read_json_object
 from ..core import (atomic_dir, atomic_write, check_device, derive_seed, file_sha256, get_device, load_params, seed_everything,
                          stable_hash, write_json)
 from ..train.stage1 import autocast, barrier, checkpoint_file, distributed, load_stage1, resolve_amp, weights_sha256
-from ..data.video import VideoError, load_clip, resize_clip, resolve_video, segment_indices
+from ..data.video import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root, VideoError, load_clip, resize_clip, resolve_video, segment_indices
 
 # %% auto #0
 __all__ = ['VideoEncoder', 'video_encoder_from_checkpoint', 'untrained_encoder', 'load_video_encoder', 'IncompleteEmbeddings',

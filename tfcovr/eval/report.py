@@ -16,12 +16,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..train.clips import VideoRoots, video_root
 from ..core import atomic_path, atomic_write, rng, save_figure, write_json
 from .evaluate import (EvaluateConfig, EvaluationRun, Gallery, _load_embeddings, build_gallery, evaluate_model,
                              load_stage2_model, query_features, variant_errors)
 from .metrics import DEFAULT_KS
-from ..data.video import load_clip, resolve_video
+from ..data.video import VideoRoots, video_root, load_clip, resolve_video
 
 # %% auto #0
 __all__ = ['GREEN', 'RED', 'GREY', 'results_markdown', 'breakdown_markdown', 'paired_markdown', 'write_reports', 'choose_queries',

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..models.aim import AIM, AIMConfig, aim_cfg, create_aim
 from ..models.composed import ModelFileError, load_weights, read_torch_state, safetensors_header, write_weights
-from .clips import ClipDataset, VideoRoots, add_data_args, args_roots, class_index, video_fingerprint
+from ..data.video import VideoRoots, add_data_args, args_roots, video_fingerprint
+from .clips import ClipDataset, class_index
 from ..core import (atomic_dir, atomic_path, atomic_write, check_device, derive_seed, get_device, load_params, seed_everything,
                          stable_hash, to_dict, write_json)
 
