@@ -14,13 +14,19 @@ from PIL import Image
 from torch.nn import functional as F
 
 from tfcovr.core import file_sha256, to_dict
-from tfcovr.eval.evaluate import (MODEL_NAMES, EvaluateConfig, bootstrap_ci, build_gallery, evaluate_model, evaluate_variants,
-                                  query_features)
+from tfcovr.eval.evaluate import (MODEL_NAMES, EvaluateConfig, TableRow, bootstrap_ci, build_gallery, evaluate_model, evaluate_table,
+                                  query_features, table_rows)
+from tfcovr.models.composed import ArrayEmbeddings
 from tfcovr.toys import PrototypeModel, synthetic_benchmark
 from tfcovr.eval.metrics import DEFAULT_KS
 from tfcovr.eval.report import ReportConfig, report_figures, write_reports
 
 ROW_KEYS = {"model", "modalities", "fusion", "query_frames", "target_frames", "mAP@5", "mAP@10", "mAP@25", "mAP@50"}
+# the Stage-2 runs of the tests: row -> (encoder, the saved config's query and fusion)
+RUNS = {"TF-CoVR-Base": ("emb", "fusion", "combiner"), "1-frame": ("emb1f", "fusion", "combiner"), "text-only": ("emb", "text", None),
+        "avg-fusion": ("emb", "fusion", "average"), "stage2-only": ("emb", "fusion", "combiner")}
+VIDEO_ONLY = {"video-only": {"embeddings": "emb"}}
+ALL_ROWS = ["TF-CoVR-Base", "1-frame", "text-only", VIDEO_ONLY, "avg-fusion", "stage2-only"]
 
 
 @pytest.fixture(scope="module")
@@ -35,41 +41,70 @@ class NoisyModel(PrototypeModel):
         return F.normalize(super().encode_query(video_emb, texts) + 0.7 * F.normalize(video_emb, dim=-1), dim=-1)
 
 
-def _variant(model_dir, fusion="combiner", modalities="video+text", frames=12):
-    return dict(model_dir=None if model_dir is None else str(model_dir), embeddings="emb", query_frames=frames,
-                target_frames=frames, fusion=fusion, modalities=modalities)
+def _config(query: str, fusion: str | None) -> dict:
+    "A config.json as `ComposedModel.save_pretrained` writes it (the parts the table reads)."
+    return {"video_dim": 16, "query": query, "text": None if query == "video" else {"name": "minilm"},
+            "fusion": None if fusion is None else {"name": fusion, "hidden_dim": 64, "dropout": 0.5}}
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    "One folder per stand-in model (their files are hashed into the protocol card)."
-    d = tmp_path_factory.mktemp("models")
-    out = {}
-    for name in ("perfect", "noisy"):
-        (d / name).mkdir(); (d / name / "config.json").write_text(json.dumps({"name": name}))
-        out[name] = d / name
-    return out
+def stage2_root(tmp_path_factory):
+    "<root>/<run>/model/config.json for every run of RUNS (their files are hashed into the protocol card)."
+    root = tmp_path_factory.mktemp("stage2")
+    for run, (_, query, fusion) in RUNS.items():
+        (root / run / "model").mkdir(parents=True)
+        (root / run / "model" / "config.json").write_text(json.dumps(_config(query, fusion)))
+    return root
 
 
 def _loaders(bench):
-    models = {"perfect": PrototypeModel(bench["prototypes"]), "noisy": NoisyModel(bench["prototypes"])}
-    return dict(load_embeddings=lambda folder: bench["embeddings"], load_model=lambda d, dev: models[Path(d).name])
+    "Stand-in loaders: the perfect model for TF-CoVR-Base, the noisy one for every other run; caches by folder name."
+    one_frame = ArrayEmbeddings(bench["embeddings"].ids, bench["embeddings"].emb, {"key": "one-frame", "num_frames": 1})
+    caches = {"emb": bench["embeddings"], "emb1f": one_frame}
+    def load_model(model_dir, device):
+        return (PrototypeModel if Path(model_dir).parent.name == "TF-CoVR-Base" else NoisyModel)(bench["prototypes"])
+    return dict(load_embeddings=lambda folder: caches[Path(folder).name], load_model=load_model)
 
 
-def _all_variants(model_dirs):
-    return {"TF-CoVR-Base": _variant(model_dirs["perfect"]), "1-frame": _variant(model_dirs["noisy"], frames=1),
-            "text-only": _variant(model_dirs["noisy"], "none", "text"), "video-only": _variant(None, "none", "video"),
-            "avg-fusion": _variant(model_dirs["noisy"], "average"), "stage2-only": _variant(model_dirs["noisy"], frames=8)}
+def _table(rows, stage2_root, bootstrap=30):
+    "The `evaluate` section listing `rows`, and its table resolved against RUNS."
+    cfg = EvaluateConfig(rows, bootstrap=bootstrap)
+    return cfg, table_rows(cfg, {run: enc for run, (enc, _, _) in RUNS.items()}, "caches", stage2_root)
 
 
-def test_perfect_model_scores_100_and_video_only_lower(bench, model_dirs):
-    cfg = EvaluateConfig({"TF-CoVR-Base": _variant(model_dirs["perfect"]), "video-only": _variant(None, "none", "video")}, bootstrap=50)
-    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
-    perfect, video = run.rows
+def _evaluate(bench, stage2_root, rows, bootstrap=30, seed=0, **kw):
+    cfg, table = _table(rows, stage2_root, bootstrap)
+    return evaluate_table(cfg, table, bench["videos"], bench["triplets"], seed=seed, progress=False, **{**_loaders(bench), **kw})
+
+
+def test_perfect_model_scores_100_and_video_only_lower(bench, stage2_root):
+    perfect, video = _evaluate(bench, stage2_root, ["TF-CoVR-Base", VIDEO_ONLY], 50).rows
     assert [perfect[f"mAP@{k}"] for k in DEFAULT_KS] == [100.0] * 4
     assert perfect["R@5"] == 100.0
     assert all(video[f"mAP@{k}"] < 50 for k in DEFAULT_KS)
-    assert (run.per_query["TF-CoVR-Base"]["AP@10"] == 1).all()
+
+
+def test_columns_come_from_the_model_config_and_the_cache_meta(bench, stage2_root):
+    "Nothing in the params describes a row: a 1-frame cache gives 1 frame, a text model's config gives text and no fusion."
+    rows = {r["model"]: r for r in _evaluate(bench, stage2_root, ALL_ROWS).rows}
+    cols = {n: (r["modalities"], r["fusion"], r["query_frames"], r["target_frames"]) for n, r in rows.items()}
+    assert cols == {"TF-CoVR-Base": ("video+text", "combiner", 8, 8), "1-frame": ("video+text", "combiner", 1, 1),
+                    "text-only": ("text", "none", 8, 8), "video-only": ("video", "none", 8, 8),
+                    "avg-fusion": ("video+text", "average", 8, 8), "stage2-only": ("video+text", "combiner", 8, 8)}
+    twelve = ArrayEmbeddings(bench["embeddings"].ids, bench["embeddings"].emb, {"num_frames": 12})
+    row = _evaluate(bench, stage2_root, ["TF-CoVR-Base"], load_embeddings=lambda f: twelve).rows[0]
+    assert (row["query_frames"], row["target_frames"]) == (12, 12)
+    with pytest.raises(ValueError, match=r"^evaluate.rows.TF-CoVR-Base \(model .*\): the embedding cache's meta.json gives no frame count"):
+        _evaluate(bench, stage2_root, ["TF-CoVR-Base"], load_embeddings=lambda f: ArrayEmbeddings(twelve.ids, twelve.emb))
+
+
+def test_trained_rows_are_their_stage2_runs(stage2_root):
+    cfg, table = _table(ALL_ROWS, stage2_root)
+    assert [r.name for r in table] == ["TF-CoVR-Base", "1-frame", "text-only", "video-only", "avg-fusion", "stage2-only"]
+    assert table[1] == TableRow("1-frame", stage2_root / "1-frame" / "model", Path("caches/emb1f"))
+    assert table[3] == TableRow("video-only", None, Path("caches/emb"))
+    with pytest.raises(ValueError, match="evaluate.rows.TF-CoVR-Large: 'TF-CoVR-Large' is no run of the stage2 section"):
+        _table(["TF-CoVR-Large"], stage2_root)
 
 
 def test_gallery_holds_each_video_once_and_ap_never_exceeds_one(bench):
@@ -113,39 +148,38 @@ def test_query_without_reachable_ground_truth_raises_naming_it(bench):
         evaluate_model(query_features(None, t2, bench["embeddings"]), build_gallery(v, "test", bench["embeddings"]), t2)
 
 
-def test_protocol_card_fields(bench, model_dirs, tmp_path):
+def test_protocol_card_fields(bench, stage2_root, tmp_path):
     files = [tmp_path / "test.parquet", tmp_path / "videos.parquet"]
     bench["triplets"].to_parquet(files[0]); bench["videos"].to_parquet(files[1])
-    cfg = EvaluateConfig({"TF-CoVR-Base": _variant(model_dirs["perfect"]), "video-only": _variant(None, "none", "video")}, bootstrap=20)
-    p = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=7, dataset_files=files, progress=False, **_loaders(bench)).protocol
+    p = _evaluate(bench, stage2_root, ["TF-CoVR-Base", VIDEO_ONLY], 20, seed=7, dataset_files=files).protocol
     assert p["split"] == "test" and p["gallery"]["size"] == 18 and "unique" in p["gallery"]["definition"]
     assert p["queries"] == len(bench["triplets"]) and p["ks"] == [5, 10, 25, 50] and p["seed"] == 7
     assert "normalis" in p["normalisation"] or "L2" in p["normalisation"]
     assert "excluded" in p["exclusion"] or "removed" in p["exclusion"]
     assert p["dataset"]["files"] == {f.name: file_sha256(f) for f in files} and len(p["dataset"]["hash"]) == 16
-    base = p["variants"]["TF-CoVR-Base"]
-    assert base["model_sha256"] == {"config.json": file_sha256(model_dirs["perfect"] / "config.json")}
-    assert p["variants"]["video-only"]["model_sha256"] is None
-    assert {"embedding_key", "embeddings", "encoder_checkpoint_sha256"} <= set(base)
+    base = p["rows"]["TF-CoVR-Base"]
+    assert base["model_dir"] == str(stage2_root / "TF-CoVR-Base" / "model") and base["embeddings"] == "caches/emb"
+    assert base["model_sha256"] == {"config.json": file_sha256(stage2_root / "TF-CoVR-Base" / "model" / "config.json")}
+    assert p["rows"]["video-only"]["model_sha256"] is None
+    assert base["embedding_key"] == "synthetic" and (base["query_frames"], base["target_frames"]) == (8, 8)
+    assert "encoder_checkpoint_sha256" in base
 
 
-def test_results_files_schema_and_names(bench, model_dirs, tmp_path):
-    cfg = EvaluateConfig(_all_variants(model_dirs), bootstrap=30)
-    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
-    out = write_reports(run, tmp_path, cfg.ks)
+def test_results_files_schema_and_names(bench, stage2_root, tmp_path):
+    run = _evaluate(bench, stage2_root, ALL_ROWS)
+    out = write_reports(run, tmp_path, DEFAULT_KS)
     rows = json.loads(out["results_json"].read_text())
     assert isinstance(rows, list) and [r["model"] for r in rows] == list(MODEL_NAMES)
     for r in rows:
         assert ROW_KEYS <= set(r)
         assert all(isinstance(r[f"mAP@{k}"], float) and 0 <= r[f"mAP@{k}"] <= 100 for k in DEFAULT_KS)
-    assert {r["model"]: r["query_frames"] for r in rows}["1-frame"] == 1
     metrics = json.loads(out["metrics_json"].read_text())
     assert set(metrics) == set(MODEL_NAMES)
     assert all(isinstance(v, float) for m in metrics.values() for v in m.values())
     assert metrics["TF-CoVR-Base"]["mAP@10"] == 100.0 and metrics["video-only"]["mAP@10"] < metrics["avg-fusion"]["mAP@10"]
     md = out["results_md"].read_text()
     assert "| Modalities | Model | Fusion | Query frames | Target frames | mAP@5 | mAP@10 | mAP@25 | mAP@50 |" in md
-    assert all(f"| {n} |" in md for n in MODEL_NAMES)
+    assert "| video+text | 1-frame | combiner | 1 | 1 |" in md and "| text | text-only | none | 8 | 8 |" in md
     bd = json.loads(out["breakdown_json"].read_text())
     assert list(bd["modification_type"]["TF-CoVR-Base"]) == ["turns", "somersaults", "twists", "position", "event"]
     assert list(bd["discipline"]["video-only"]) == ["gymnastics", "diving"]
@@ -163,9 +197,8 @@ def test_bootstrap_interval_contains_estimate_and_follows_the_seed():
     assert wide["lo"] <= a["lo"] and wide["hi"] >= a["hi"]
 
 
-def test_breakdown_intervals_contain_estimates(bench, model_dirs):
-    cfg = EvaluateConfig(_all_variants(model_dirs), bootstrap=200)
-    bd = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench)).breakdown
+def test_breakdown_intervals_contain_estimates(bench, stage2_root):
+    bd = _evaluate(bench, stage2_root, ALL_ROWS, 200).breakdown
     for by in ("modification_type", "discipline"):
         for groups in bd[by].values():
             for c in groups.values(): assert c["lo"] - 1e-9 <= c["value"] <= c["hi"] + 1e-9
@@ -173,13 +206,14 @@ def test_breakdown_intervals_contain_estimates(bench, model_dirs):
 
 def test_saved_stage2_model_goes_through_the_default_loader(bench, tmp_path):
     from tfcovr.models.composed import ComposedModel
-    ComposedModel(16, "video").save_pretrained(tmp_path / "video_model")
-    cfg = EvaluateConfig({"video-only": _variant(None, "none", "video"),
-                          "saved": _variant(tmp_path / "video_model", "none", "video")}, bootstrap=10)
-    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False,
-                            load_embeddings=lambda f: bench["embeddings"])
+    ComposedModel(16, "video").save_pretrained(tmp_path / "stage2" / "saved" / "model")
+    cfg = EvaluateConfig([VIDEO_ONLY, "saved"], bootstrap=10)
+    table = table_rows(cfg, {"saved": "emb"}, "caches", tmp_path / "stage2")
+    run = evaluate_table(cfg, table, bench["videos"], bench["triplets"], seed=0, progress=False,
+                         load_embeddings=lambda f: bench["embeddings"])
     assert run.rows[0]["mAP@10"] == run.rows[1]["mAP@10"]
-    assert set(run.protocol["variants"]["saved"]["model_sha256"]) == {"config.json", "model.safetensors"}
+    assert (run.rows[1]["modalities"], run.rows[1]["fusion"]) == ("video", "none")     # from the saved config.json
+    assert set(run.protocol["rows"]["saved"]["model_sha256"]) == {"config.json", "model.safetensors"}
 
 
 def _frame_folders(videos, root):
@@ -188,13 +222,13 @@ def _frame_folders(videos, root):
         for t in range(4): Image.fromarray(np.full((32, 32, 3), 40 * int(lab[1:]) + 10 * t, np.uint8)).save(root / vid / f"{t:05d}.jpg")
 
 
-def test_figures_are_written(bench, model_dirs, tmp_path):
-    cfg = EvaluateConfig({"TF-CoVR-Base": _variant(model_dirs["noisy"]), "video-only": _variant(None, "none", "video")}, bootstrap=20)
-    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
+def test_figures_are_written(bench, stage2_root, tmp_path):
+    cfg, table = _table(["TF-CoVR-Base", VIDEO_ONLY], stage2_root, 20)
+    run = evaluate_table(cfg, table, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
     _frame_folders(bench["videos"], tmp_path / "videos")
     written = report_figures(ReportConfig(n_queries=2, n_frames=3, frame_size=32, heatmap_queries=8, heatmap_gallery=12), cfg,
-                             bench["videos"], bench["triplets"], run.rows, run.breakdown, tmp_path / "videos", tmp_path / "fig", 0,
-                             progress=False, **_loaders(bench))
+                             table, bench["videos"], bench["triplets"], run.rows, run.breakdown, tmp_path / "videos",
+                             tmp_path / "fig", 0, progress=False, **_loaders(bench))
     names = sorted(p.name for p in written)
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == names
     assert {"results.png", "breakdown_modification_type.png", "breakdown_discipline.png", "similarity.png"} <= set(names)
@@ -202,45 +236,38 @@ def test_figures_are_written(bench, model_dirs, tmp_path):
     for p in written: assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
 
 
-
 def _with_bad_value(bench, video_id, value):
     "The benchmark's embeddings with one value of `video_id`'s row replaced."
-    from tfcovr.models.composed import ArrayEmbeddings
     emb = bench["embeddings"].emb.copy()
     emb[bench["embeddings"].ids.index(video_id), 3] = value
-    return ArrayEmbeddings(bench["embeddings"].ids, emb)
+    return ArrayEmbeddings(bench["embeddings"].ids, emb, bench["embeddings"].meta)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_non_finite_embedding_fails_naming_the_row_and_model(bench, model_dirs, value):
+def test_non_finite_embedding_fails_naming_the_row_and_model(bench, stage2_root, value):
     video = sorted(bench["videos"].query("split == 'test'").video_id)[4]
     emb = _with_bad_value(bench, video, value)
-    cfg = EvaluateConfig({"video-only": _variant(None, "none", "video"), "TF-CoVR-Base": _variant(model_dirs["noisy"])}, bootstrap=20)
-    loaders = {**_loaders(bench), "load_embeddings": lambda folder: emb}
     with pytest.raises(ValueError) as e:
-        evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **loaders)
-    assert str(e.value) == (f"evaluate.variants.video-only (model none: video only, embeddings emb): the cached embedding of video "
+        _evaluate(bench, stage2_root, [VIDEO_ONLY, "TF-CoVR-Base"], 20, load_embeddings=lambda folder: emb)
+    assert str(e.value) == (f"evaluate.rows.video-only (model none: video only, embeddings caches/emb): the cached embedding of video "
                             f"{video!r} holds NaN or infinite values (1 of 18 rows do)")
 
 
-def test_diverged_model_fails_naming_the_row_and_model(bench, model_dirs):
+def test_diverged_model_fails_naming_the_row_and_model(bench, stage2_root):
     class Diverged(NoisyModel):
         def encode_target(self, video_emb): return super().encode_target(video_emb) / 0.0 * 0.0   # NaN everywhere
-    cfg = EvaluateConfig({"video-only": _variant(None, "none", "video"), "avg-fusion": _variant(model_dirs["noisy"], "average")},
-                         bootstrap=20)
-    loaders = {**_loaders(bench), "load_model": lambda d, dev: Diverged(bench["prototypes"])}
-    with pytest.raises(ValueError, match=rf"^evaluate.variants.avg-fusion \(model {model_dirs['noisy']}, embeddings emb\): "
+    with pytest.raises(ValueError, match=rf"^evaluate.rows.avg-fusion \(model {stage2_root / 'avg-fusion' / 'model'}, embeddings caches/emb\): "
                                          r"the model's target feature \(encode_target\) of video '\w+' holds NaN"):
-        evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **loaders)
+        _evaluate(bench, stage2_root, [VIDEO_ONLY, "avg-fusion"], 20, load_model=lambda d, dev: Diverged(bench["prototypes"]))
 
 
-def test_report_figures_name_the_row_of_non_finite_embeddings(bench, model_dirs, tmp_path):
-    cfg = EvaluateConfig({"TF-CoVR-Base": _variant(model_dirs["noisy"]), "video-only": _variant(None, "none", "video")}, bootstrap=20)
-    run = evaluate_variants(cfg, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
+def test_report_figures_name_the_row_of_non_finite_embeddings(bench, stage2_root, tmp_path):
+    cfg, table = _table(["TF-CoVR-Base", VIDEO_ONLY], stage2_root, 20)
+    run = evaluate_table(cfg, table, bench["videos"], bench["triplets"], seed=0, progress=False, **_loaders(bench))
     video = bench["triplets"].query_video.iloc[0]
     loaders = {**_loaders(bench), "load_embeddings": lambda folder: _with_bad_value(bench, video, np.nan)}
-    with pytest.raises(ValueError, match=rf"evaluate.variants.TF-CoVR-Base \(model .*\): the cached embedding of video '{video}' holds NaN"):
-        report_figures(ReportConfig(n_queries=1), cfg, bench["videos"], bench["triplets"], run.rows, run.breakdown, tmp_path,
+    with pytest.raises(ValueError, match=rf"evaluate.rows.TF-CoVR-Base \(model .*\): the cached embedding of video '{video}' holds NaN"):
+        report_figures(ReportConfig(n_queries=1), cfg, table, bench["videos"], bench["triplets"], run.rows, run.breakdown, tmp_path,
                        tmp_path / "fig", 0, progress=False, **loaders)
 
 
@@ -255,34 +282,36 @@ def _write_cache(folder: Path, emb) -> None:
 
 
 def test_evaluate_and_report_stages_run_through_papermill(root, bench, tmp_path):
-    pytest.importorskip("tfcovr.eval.embed")
+    "The stages resolve the rows from params (a Stage-2 run and an untrained row) and read the columns from the files."
     from tfcovr.models.composed import ComposedModel
     from tfcovr.data.triplets import EVAL_COLUMNS
+    from tfcovr.train.stage2 import Stage2Config
     _write_cache(tmp_path / "emb", bench["embeddings"])
-    ComposedModel(16, "video").save_pretrained(tmp_path / "model")
+    ComposedModel(16, "video").save_pretrained(tmp_path / "stage2" / "TF-CoVR-Base" / "model")
     t = bench["triplets"].assign(query_label="q", query_source="s", target_label="t", n_targets=3, split="test")[EVAL_COLUMNS]
     (tmp_path / "trip").mkdir()
     t.to_parquet(tmp_path / "trip" / "test.parquet"); bench["videos"].to_parquet(tmp_path / "trip" / "videos.parquet")
-    ev = EvaluateConfig({"TF-CoVR-Base": _variant(tmp_path / "model", "none", "video"), "video-only": _variant(None, "none", "video")},
-                        bootstrap=20)
-    ev.variants = {k: {**to_dict(v), "embeddings": str(tmp_path / "emb")} for k, v in ev.variants.items()}
-    params = {"seed": 0, "threads": 1, "evaluate": to_dict(ev), "report": to_dict(ReportConfig(n_queries=1, n_frames=3, frame_size=32))}
+    params = {"seed": 0, "threads": 1, "stage2": {"TF-CoVR-Base": {"embeddings": "emb", "train": to_dict(Stage2Config(epochs=1))}},
+              "evaluate": to_dict(EvaluateConfig(["TF-CoVR-Base", {"video-only": {"embeddings": "emb"}}], bootstrap=20)),
+              "report": to_dict(ReportConfig(n_queries=1, n_frames=3, frame_size=32))}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     _frame_folders(bench["videos"], tmp_path / "videos")
     rep = tmp_path / "reports"
     pm = str(Path(sys.executable).parent / "papermill")
+    where = ["-p", "params_file", str(tmp_path / "params.yaml"), "-p", "triplets_dir", str(tmp_path / "trip"),
+             "-p", "embeddings_root", str(tmp_path), "-p", "stage2_root", str(tmp_path / "stage2")]
     outs = {k: rep / f"{k.rsplit('_', 1)[0]}.{k.rsplit('_', 1)[1]}" for k in
             ("results_json", "metrics_json", "results_md", "breakdown_json", "breakdown_md", "protocol_json", "per_query_parquet")}
-    args = [pm, "--no-progress-bar", "nbs/stages/evaluate.ipynb", str(tmp_path / "evaluate.ipynb"), "-p", "params_file", str(tmp_path / "params.yaml"),
-            "-p", "triplets_dir", str(tmp_path / "trip")] + [a for k, v in outs.items() for a in ("-p", k, str(v))]
+    args = [pm, "--no-progress-bar", "nbs/stages/evaluate.ipynb", str(tmp_path / "evaluate.ipynb"), *where] + \
+           [a for k, v in outs.items() for a in ("-p", k, str(v))]
     r = subprocess.run(args, cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert [x["model"] for x in json.loads(outs["results_json"].read_text())] == ["TF-CoVR-Base", "video-only"]
-    assert json.loads(outs["protocol_json"].read_text())["variants"]["TF-CoVR-Base"]["embedding_key"] == "k0"
-    args = [pm, "--no-progress-bar", "nbs/stages/report.ipynb", str(tmp_path / "report.ipynb"), "-p", "params_file", str(tmp_path / "params.yaml"),
-            "-p", "triplets_dir", str(tmp_path / "trip"), "-p", "results_json", str(outs["results_json"]),
-            "-p", "breakdown_json", str(outs["breakdown_json"]), "-p", "figures_dir", str(rep / "figures"),
-            "-p", "video_roots", str(tmp_path / "videos")]
+    results = json.loads(outs["results_json"].read_text())
+    assert [(x["model"], x["modalities"], x["query_frames"]) for x in results] == [("TF-CoVR-Base", "video", 12), ("video-only", "video", 12)]
+    assert json.loads(outs["protocol_json"].read_text())["rows"]["TF-CoVR-Base"]["embedding_key"] == "k0"
+    args = [pm, "--no-progress-bar", "nbs/stages/report.ipynb", str(tmp_path / "report.ipynb"), *where,
+            "-p", "results_json", str(outs["results_json"]), "-p", "breakdown_json", str(outs["breakdown_json"]),
+            "-p", "figures_dir", str(rep / "figures"), "-p", "video_roots", str(tmp_path / "videos")]
     r = subprocess.run(args, cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (rep / "figures" / "similarity.png").stat().st_size > 1000

@@ -48,26 +48,37 @@ def test_merge_keys_may_still_be_overridden(root, tmp_path, capsys):
 
 def test_report_model_must_be_a_table_row(root, tmp_path, capsys):
     p = edited(root, tmp_path, "  model: TF-CoVR-Base\n  n_queries", "  model: TF-CoVR-Large\n  n_queries")
-    assert "report.model: 'TF-CoVR-Large' is not a row of evaluate.variants (known: TF-CoVR-Base," in params_error(p, capsys)
+    assert "report.model: 'TF-CoVR-Large' is not a row of evaluate.rows (rows: TF-CoVR-Base, stage2-only," in params_error(p, capsys)
 
 
-def test_variant_embeddings_must_be_an_encoder_cache(root, tmp_path, capsys):
-    p = edited(root, tmp_path, "model_dir: models/stage2/1-frame/model, embeddings: embeddings/aim1f",
-               "model_dir: models/stage2/1-frame/model, embeddings: embeddings/aim8f")
-    err = params_error(p, capsys)
-    assert "evaluate.variants.1-frame.embeddings: 'embeddings/aim8f' is no embedding cache of embed.encoders" in err
-    assert "embeddings/aim, embeddings/aim1f, embeddings/untrained" in err
+def test_row_that_is_no_run_and_names_no_embeddings(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "    - text-only\n", "    - text-only\n    - TF-CoVR-Large\n")
+    assert ("evaluate.rows.TF-CoVR-Large: 'TF-CoVR-Large' is no run of the stage2 section (runs: TF-CoVR-Base, 1-frame, "
+            "stage2-only, avg-fusion, text-only) and names no embeddings") in params_error(p, capsys)
 
 
-def test_variant_embeddings_outside_the_cache_folder(root, tmp_path, capsys):
-    p = edited(root, tmp_path, "embeddings: embeddings/untrained,", "embeddings: models/untrained,")
-    assert "evaluate.variants.stage2-only.embeddings: 'models/untrained' is no embedding cache" in params_error(p, capsys)
+def test_trained_row_reads_its_runs_embeddings(root, tmp_path, capsys):
+    "A trained row's embeddings are stage2.<row>.embeddings: naming them again in the table is an error, not a second truth."
+    p = edited(root, tmp_path, "    - 1-frame\n", "    - 1-frame: {embeddings: aim}\n")
+    assert "evaluate.rows.1-frame: a Stage-2 run's row reads the run's embeddings (stage2.1-frame.embeddings: aim1f)" \
+        in params_error(p, capsys)
 
 
-def test_variant_without_embeddings(root, tmp_path, capsys):
-    p = edited(root, tmp_path, "model_dir: models/stage2/1-frame/model, embeddings: embeddings/aim1f,",
-               "model_dir: models/stage2/1-frame/model,")
-    assert "evaluate.variants.1-frame.embeddings: missing key" in params_error(p, capsys)
+def test_untrained_row_embeddings_must_be_an_encoder(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "video-only: {embeddings: aim}", "video-only: {embeddings: aim8f}")
+    assert "evaluate.rows.video-only.embeddings: 'aim8f' is not an encoder of embed.encoders (known: aim, aim1f, untrained)" \
+        in params_error(p, capsys)
+
+
+def test_untrained_row_with_a_misspelled_key(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "video-only: {embeddings: aim}", "video-only: {embedding: aim}")
+    assert "evaluate: rows.video-only: a row without Stage-2 training names its encoder as {embeddings: <encoder>}" \
+        in params_error(p, capsys)
+
+
+def test_row_listed_twice(root, tmp_path, capsys):
+    p = edited(root, tmp_path, "    - text-only\n", "    - text-only\n    - avg-fusion\n")
+    assert "evaluate: rows: avg-fusion listed twice" in params_error(p, capsys)
 
 
 def test_float_written_as_text_is_explained(root, tmp_path, capsys):
@@ -93,7 +104,7 @@ def test_threads_is_required_and_positive(root, tmp_path, capsys, old, new, mess
 
 def test_evaluate_device_is_checked(root, tmp_path, capsys):
     text = (root / "params.yaml").read_text()
-    old = re.search(r"\n  device: auto\n  variants:", text).group(0)
+    old = re.search(r"\n  device: auto\n  rows:", text).group(0)
     p = edited(root, tmp_path, old, old.replace("auto", "gpu"))
     assert "evaluate: device: 'gpu' is not a device (allowed: auto, cpu, cuda, cuda:N, mps)" in params_error(p, capsys)
 

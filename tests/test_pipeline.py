@@ -51,6 +51,10 @@ def test_dvc_repro_tiny(root, tmp_path):
 
     rows = json.loads((work / "reports" / "results.json").read_text())
     assert [r["model"] for r in rows] == ["TF-CoVR-Base", "stage2-only", "avg-fusion", "1-frame", "text-only", "video-only"]
+    # the columns, read from each model's config.json and each cache's meta.json, are the paper's
+    assert [(r["modalities"], r["fusion"], r["query_frames"], r["target_frames"]) for r in rows] == [
+        ("video+text", "combiner", 8, 8), ("video+text", "combiner", 8, 8), ("video+text", "average", 8, 8),
+        ("video+text", "combiner", 1, 1), ("text", "none", 8, 8), ("video", "none", 8, 8)]
     for r in rows:
         for k in (5, 10, 25, 50): assert 0.0 <= r[f"mAP@{k}"] <= 100.0
     assert (work / "reports" / "protocol.json").exists()

@@ -99,7 +99,7 @@ def test_search_command(trained, capsys):
     out = capsys.readouterr().out.splitlines()
     assert rc == 0 and out[0].split() == ["rank", "score", "video_id", "label"] and len(out) == 4
     assert all(line.split()[3] == "l4" for line in out[1:]) and out[1].split()[0] == "1"
-    rc = search_main(["val1_0", "x", "--model", str(trained["dir"] / "nope"), "--gallery", str(trained["gallery"])])
+    rc = main(["search", "val1_0", "x", "--model", str(trained["dir"] / "nope"), "--gallery", str(trained["gallery"])])
     assert rc == 2 and "no config.json" in capsys.readouterr().err
     assert format_hits([]).split() == ["rank", "score", "video_id", "label"]
 
@@ -162,7 +162,7 @@ def test_non_finite_scores_are_an_error_naming_the_model(trained, tmp_path, caps
     weights = load_file(bad / "model.safetensors")
     save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
               bad / "model.safetensors", metadata={"format": "pt"})
-    rc = search_main(["val1_0", "turn it into a leap", "--model", str(bad), "--gallery", str(trained["gallery"])])
+    rc = main(["search", "val1_0", "turn it into a leap", "--model", str(bad), "--gallery", str(trained["gallery"])])
     out, err = capsys.readouterr()
     assert rc == 2 and out == "" and len(_said(err)) == 1
     assert _said(err)[0].startswith(f"tfcovr search: error: {bad}")
@@ -170,10 +170,10 @@ def test_non_finite_scores_are_an_error_naming_the_model(trained, tmp_path, caps
 
 @pytest.mark.parametrize("bug", [KeyError, TypeError])
 def test_search_command_lets_bugs_through(trained, monkeypatch, bug):
-    "Only bad input becomes a one-line error; a KeyError or TypeError from the code keeps its traceback."
+    "Only bad input becomes a one-line error (in `tfcovr.cli.main`); a KeyError or TypeError from the code keeps its traceback."
     def broken(self, *args, **kwargs): raise bug("a bug")
     monkeypatch.setattr(ComposedRetriever, "search", broken)
-    with pytest.raises(bug, match="a bug"): search_main(["val1_0", "turn it into a leap", *_where(trained)])
+    with pytest.raises(bug, match="a bug"): main(["search", "val1_0", "turn it into a leap", *_where(trained)])
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x"])

@@ -18,7 +18,8 @@ import yaml
 
 from tfcovr.core import ParamsError, load_params, to_dict
 from tfcovr.data.render import MAIN, MAIN_JITTER, PRE, PRE_JITTER, MIN_POST, Look, motion_angles, render_video
-from tfcovr.data.synth import (ACTIONS, SUB_ACTIONS, VOCAB, SynthConfig, build_synth, centre_indices, default_config,
+from tfcovr.data.video import segment_indices
+from tfcovr.data.synth import (ACTIONS, SUB_ACTIONS, VOCAB, SynthConfig, build_synth, default_config,
                           differences, plan_synth, sampled_frames, tiny_config, whole_rotation_pair)
 
 CATEGORY = re.compile(r"^Clabel:\s*(\d+);\s*set:\s*(\d+);\s*Glabel:\s*(\d+);\s*\((VT|FX|BB|UB)\) (.+)$")
@@ -234,7 +235,7 @@ def test_rotation_between_sampled_frames_stays_below_120_degrees():
     for name, look in looks:
         theta, phi = motion_angles(ACTIONS[name].motion, look, cfg.num_frames)
         for n in (8, 12):
-            idx = centre_indices(cfg.num_frames, n)
+            idx = segment_indices(cfg.num_frames, n, mode="center")
             worst = max(worst, np.abs(np.diff(theta[idx])).max(), np.abs(np.diff(phi[idx])).max())
     assert 90 < worst <= 120
 

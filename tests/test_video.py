@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from tfcovr.core import rng
+from tfcovr.cli import main
 from tfcovr.data.video import (ShortVideoWarning, VideoError, check_main, check_video, check_videos, load_clip, resize_clip,
                           resolve_video, segment_indices, video_length, write_mp4)
 
@@ -213,8 +214,12 @@ def test_check_command_on_a_labels_table(videos, tmp_path, capsys):
     assert pd.read_csv(tmp_path / "problems.csv").video.tolist() == ["noise", "2"]
     labels[labels.video_key.isin(["ramp20", "ramp33"])].to_csv(tmp_path / "good.csv", index=False)
     assert check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--workers", "2"]) == 0
-    assert check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--column", "nope"]) == 2
-    assert "no column 'nope'" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "good.csv"), "--root", str(videos), "--column", "nope"]) == 2   # bad input: one line
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tfcovr check: error: {tmp_path / 'good.csv'}: no column 'nope'")
+    with pytest.raises(ValueError, match="no column 'nope'"):                                          # the command itself raises
+        check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--column", "nope"])
 
 
 def intra_mp4(path: Path, frames: np.ndarray, damaged: int | None = None) -> Path:

@@ -9,12 +9,15 @@ import argparse
 import importlib
 import sys
 
-from .core import ParamsError, to_dict
+from .core import ParamsError
 
 # %% auto #0
-__all__ = ['ROUTED', 'build_parser', 'main']
+__all__ = ['INPUT_ERRORS', 'ROUTED', 'build_parser', 'main']
 
 # %% ../nbs/91_cli.ipynb #bcdac414
+INPUT_ERRORS = (ParamsError, FileNotFoundError, ValueError)  # bad input to a command: one line and exit status 2
+
+
 def _params(args: argparse.Namespace) -> int:
     from tfcovr.pipeline import check_params
     ps = check_params(args.file)
@@ -24,6 +27,7 @@ def _params(args: argparse.Namespace) -> int:
 
 ROUTED = {  # command -> (module:function taking argv, help)
     "fetch-labels": ("tfcovr.data.fetch:fetch_main", "download the FineGym / FineDiving annotation files, checked against pinned checksums"),
+    "check": ("tfcovr.data.video:check_main", "list every unreadable video of a labels table"),
     "stage1": ("tfcovr.train.stage1:stage1_main", "train one Stage-1 encoder of params.yaml"),
     "embed": ("tfcovr.eval.embed:embed_main", "extract one encoder's embedding cache"),
     "search": ("tfcovr.eval.retrieval:search_main", "composed retrieval: VIDEO + TEXT -> top-k gallery videos"),
@@ -44,9 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("params", help="validate a params.yaml file")
     s.add_argument("file", nargs="?", default="params.yaml")
     s.set_defaults(func=_params)
-    from tfcovr.data.video import add_check_args, run_check
-    s = sub.add_parser("check", help="list every unreadable video of a labels table")
-    add_check_args(s).set_defaults(func=run_check)
     for name, (target, help) in ROUTED.items():
         s = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")
         s.add_argument("rest", nargs=argparse.REMAINDER)
@@ -55,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `tfcovr` command; errors in user input print one line and return 2."
+    "Entry point of the `tfcovr` command; bad input to any command prints one line and returns 2."
     args = build_parser().parse_args(argv)
     try: return args.func(args)
-    except (ParamsError, FileNotFoundError, ValueError) as e:
+    except INPUT_ERRORS as e:
         print(f"tfcovr {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from .core import ParamsError, load_params, to_dict
 from .eval.embed import EmbedConfig
-from .eval.evaluate import EvaluateConfig
+from .eval.evaluate import EvaluateConfig, table_rows
 from .data.labels import DataConfig
 from .data.modify import ModifyConfig
 from .data.pairing import PairingConfig
@@ -22,11 +22,9 @@ from .data.synth import SynthConfig
 from .data.triplets import TripletsConfig
 
 # %% auto #0
-__all__ = ['EMBEDDINGS_ROOT', 'SCHEMA', 'check_params']
+__all__ = ['SCHEMA', 'check_params']
 
 # %% ../nbs/90_pipeline.ipynb #678eae19
-EMBEDDINGS_ROOT = "embeddings"  # the embed stage writes encoder <name>'s cache to embeddings/<name> (dvc.yaml)
-
 SCHEMA: dict[str, Any] = {
     "seed": int,                          # the one seed every random choice derives from
     "threads": int,                       # intra-op CPU threads of training and embedding; fixed, so results do not depend on the machine's core count
@@ -38,7 +36,7 @@ SCHEMA: dict[str, Any] = {
     "stage1": dict[str, Stage1Config],    # Stage-1 encoders to train, by name
     "embed": EmbedConfig,                 # embedding caches, by encoder name
     "stage2": dict[str, Stage2Run],       # Stage-2 models to train, by name
-    "evaluate": EvaluateConfig,           # the results table: which model on which embeddings
+    "evaluate": EvaluateConfig,           # the results table: its rows (Stage-2 runs, or an encoder alone) and how they are scored
     "report": ReportConfig,               # qualitative figures
 }
 
@@ -55,12 +53,12 @@ def check_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     for name, run in ps["stage2"].items():
         if run.embeddings not in encoders:
             fail(f"stage2.{name}.embeddings", f"{run.embeddings!r} is not an encoder of embed.encoders (known: {', '.join(encoders)})")
-    caches = {Path(EMBEDDINGS_ROOT) / e: e for e in encoders}
-    for name, var in ps["evaluate"].variants.items():
-        if Path(var.embeddings) not in caches:
-            fail(f"evaluate.variants.{name}.embeddings", f"{var.embeddings!r} is no embedding cache of embed.encoders "
-                 f"(expected one of: {', '.join(str(p) for p in caches)})")
-    rows = ps["evaluate"].variants
-    if ps["report"].model not in rows:
-        fail("report.model", f"{ps['report'].model!r} is not a row of evaluate.variants (known: {', '.join(rows)})")
+    ev = ps["evaluate"]
+    try: table_rows(ev, {name: run.embeddings for name, run in ps["stage2"].items()})
+    except ValueError as e: raise ParamsError(f"{path}: {e}") from None
+    for name, enc in ev.untrained.items():
+        if enc is not None and enc not in encoders:
+            fail(f"evaluate.rows.{name}.embeddings", f"{enc!r} is not an encoder of embed.encoders (known: {', '.join(encoders)})")
+    if ps["report"].model not in ev.untrained:
+        fail("report.model", f"{ps['report'].model!r} is not a row of evaluate.rows (rows: {', '.join(ev.untrained)})")
     return ps

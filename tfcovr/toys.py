@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .core import rng
 from .data.rules import MOD_TYPES
@@ -88,6 +89,7 @@ def synthetic_benchmark(seed: int = 0,      # generator seed
                         per_label: tuple[int, int] = (2, 3),  # videos per label in val and in test
                         dim: int = 16,      # embedding size
                         noise: float = 0.05,  # embedding noise around the label prototype
+                        num_frames: int = 8,  # frames per clip the cache's meta reports
                        ) -> dict[str, Any]:  # videos, triplets (test), embeddings (ArrayEmbeddings), prototypes [L, D]
     "A tiny labelled benchmark with prototype embeddings, for tests and examples."
     g = rng(seed, "synthetic-eval")
@@ -107,12 +109,15 @@ def synthetic_benchmark(seed: int = 0,      # generator seed
     t = pd.DataFrame(trip, columns=["query_video", "query_label_id", "target_label_id", "modification", "modification_type",
                                     "target_video", "target_videos", "dataset"])
     t.insert(0, "query_id", np.arange(len(t)))
-    return {"videos": videos, "triplets": t, "embeddings": ArrayEmbeddings(videos.video_id.tolist(), emb), "prototypes": protos}
+    return {"videos": videos, "triplets": t, "prototypes": protos,
+            "embeddings": ArrayEmbeddings(videos.video_id.tolist(), emb, {"key": "synthetic", "num_frames": num_frames})}
 
 
-class PrototypeModel:
+class PrototypeModel(nn.Module):
     "A stand-in query model: the query is the prototype of the label the text names (`make it l3`)."
-    def __init__(self, prototypes: np.ndarray): self.protos = torch.from_numpy(np.asarray(prototypes, np.float32))
+    def __init__(self, prototypes: np.ndarray):  # [L, D] one prototype per label
+        super().__init__()
+        self.protos = torch.from_numpy(np.asarray(prototypes, np.float32))
     def encode_query(self, video_emb: torch.Tensor, texts: list[str]) -> torch.Tensor:  # [B, D] -> [B, D]
         return F.normalize(self.protos[[int(t.rsplit("l", 1)[1]) for t in texts]], dim=-1)
     def encode_target(self, video_emb: torch.Tensor) -> torch.Tensor: return F.normalize(video_emb.float(), dim=-1)

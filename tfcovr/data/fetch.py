@@ -9,7 +9,6 @@ import argparse
 import http.client
 import os
 import shutil
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -198,12 +197,9 @@ def fetch_parser() -> argparse.ArgumentParser:
 
 def fetch_main(argv: list[str] | None = None,  # command-line arguments after `fetch-labels`
                ) -> int:
-    "Entry point of `tfcovr fetch-labels`; errors print one line and return 2."
+    "Entry point of `tfcovr fetch-labels` (input errors raise; `tfcovr.cli.main` reports them)."
     args = fetch_parser().parse_args(argv)
-    try: done = fetch_labels(args.dest, args.source, timeout=args.timeout, progress=True)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tfcovr fetch-labels: error: {e}", file=sys.stderr)
-        return 2
+    done = fetch_labels(args.dest, args.source, timeout=args.timeout, progress=True)
     n = sum(v == "fetched" for v in done.values())
     print(f"{args.dest}: {len(done)} label files checked ({n} fetched, {len(done) - n} already present)")
     return 0

@@ -20,12 +20,12 @@ from tqdm.auto import tqdm
 from ..core import atomic_dir, atomic_write, rng, to_dict, write_json
 from .render import (MAIN, MAIN_JITTER, TWIST_WINDOW, Look, Motion, max_step_deg, render_video, sample_look,
                            write_jpegs)
-from .video import write_mp4
+from .video import segment_indices, write_mp4
 
 # %% auto #0
 __all__ = ['SUB_ACTIONS', 'SUB_ACTION_IDS', 'SETS', 'VOCAB', 'ACTIONS', 'SPLITS', 'Action', 'dive_sub_actions', 'differences',
            'whole_rotation_pair', 'SynthConfig', 'tiny_config', 'default_config', 'Clip', 'plan_synth',
-           'write_annotations', 'build_synth', 'read_manifest', 'centre_indices', 'sampled_frames', 'plot_strips']
+           'write_annotations', 'build_synth', 'read_manifest', 'sampled_frames', 'plot_strips']
 
 # %% ../../nbs/12_data.synth.ipynb #96ab153b
 @dataclasses.dataclass(frozen=True)
@@ -384,11 +384,6 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 # %% ../../nbs/12_data.synth.ipynb #c45fbb0a
-def centre_indices(num_frames: int, n: int) -> list[int]:
-    "Frame indices at the centres of `n` equal segments of a `num_frames` clip."
-    return [(2 * k + 1) * num_frames // (2 * n) for k in range(n)]
-
-
 def sampled_frames(name: str,                  # label name
                    n: int = 8,                 # frames sampled
                    num_frames: int = 40,       # frames in the clip
@@ -398,14 +393,14 @@ def sampled_frames(name: str,                  # label name
     "The `n` segment-centre frames `[n, size, size, 3]` of a nuisance-free clip of label `name`."
     a = ACTIONS[name]
     return render_video(a.motion, board if a.dataset == "finediving" else a.event, Look(), num_frames, size,
-                        frames=centre_indices(num_frames, n))
+                        frames=segment_indices(num_frames, n, mode="center").tolist())
 
 
 def _decoded(root: Path, name: str, n: int) -> np.ndarray:
     "The `n` segment-centre frames of the first test clip of label `name` in a built benchmark."
     clip = next(v for v in read_manifest(root)["videos"] if v["label"] == name and v["split"] == "test")
     with av.open(str(root / clip["path"])) as box: frames = [f.to_ndarray(format="rgb24") for f in box.decode(video=0)]
-    return np.stack([frames[i] for i in centre_indices(len(frames), n)])
+    return np.stack([frames[i] for i in segment_indices(len(frames), n, mode="center")])
 
 
 def plot_strips(names: list[str],            # labels, one row each

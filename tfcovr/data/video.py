@@ -31,7 +31,7 @@ decord.logging.set_level(decord.logging.QUIET)  # errors reach the caller as Vid
 
 # %% auto #0
 __all__ = ['SHORT', 'VideoRoots', 'VideoError', 'segment_indices', 'resize_clip', 'ShortVideoWarning', 'handle_short',
-           'load_clip', 'video_length', 'write_mp4', 'resolve_video', 'check_video', 'check_videos', 'add_check_args',
+           'load_clip', 'video_length', 'write_mp4', 'resolve_video', 'check_video', 'check_videos', 'check_parser',
            'run_check', 'check_main', 'video_root', 'parse_roots', 'video_fingerprint', 'resolve_paths',
            'add_data_args', 'args_roots']
 
@@ -325,8 +325,9 @@ def check_videos(videos: Sequence[str | Path],  # keys (with `root`) or paths
 
 
 # %% ../../nbs/10_data.video.ipynb #562ec206
-def add_check_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add the arguments of `tfcovr check` to parser `p`."
+def check_parser() -> argparse.ArgumentParser:
+    "Arguments of `tfcovr check`."
+    p = argparse.ArgumentParser(prog="tfcovr check", description="List every unreadable video of a labels table.")
     p.add_argument("labels", type=Path, help="table of videos: .parquet/.csv with a video_key or path column, or .txt")
     p.add_argument("--root", action="append", default=[], metavar="[DATASET=]DIR",
                    help="video folder of the keys; DATASET=DIR per value of the dataset column (repeatable)")
@@ -391,13 +392,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def check_main(argv: list[str] | None = None) -> int:
-    "Entry point of `tfcovr check`; usage errors print one line and return 2."
-    p = add_check_args(argparse.ArgumentParser(prog="tfcovr check", description="List every unreadable video."))
-    args = p.parse_args(argv)
-    try: return run_check(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tfcovr check: error: {e}", file=sys.stderr)
-        return 2
+    "Entry point of `tfcovr check` (input errors raise; `tfcovr.cli.main` reports them)."
+    return run_check(check_parser().parse_args(argv))
 
 # %% ../../nbs/10_data.video.ipynb #21d9e429
 VideoRoots = str | Path | Mapping[str, str | Path]

@@ -18,46 +18,41 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..core import check_device, file_sha256, from_dict, get_device, rng, stable_hash
-from .metrics import DEFAULT_KS, per_query_metrics_from_embeddings, summarize_metrics
+from ..core import check_columns, check_device, file_sha256, get_device, rng, stable_hash
 from ..data.modify import MOD_TYPES
 from ..data.triplets import gallery_videos, unique_videos
+from .embed import load_embeddings
+from .metrics import DEFAULT_KS, per_query_metrics_from_embeddings, summarize_metrics
+from ..models.composed import CONFIG_FILE, ComposedModel, model_device
+from ..models.io import ModelFileError, read_json_object
 
 # %% auto #0
-__all__ = ['MODEL_NAMES', 'MODALITIES', 'DISCIPLINES', 'EVAL_NEEDS', 'VariantConfig', 'EvaluateConfig', 'split_videos', 'Gallery',
-           'build_gallery', 'check_triplets', 'evaluate_model', 'query_features', 'variant_errors', 'load_stage2_model',
-           'bootstrap_ci', 'breakdown', 'paired_differences', 'fingerprint_files', 'model_fingerprint', 'EvaluationRun',
-           'evaluate_variants']
+__all__ = ['MODEL_NAMES', 'MODALITIES', 'DISCIPLINES', 'STAGE2_MODEL', 'EVAL_NEEDS', 'EvaluateConfig', 'TableRow', 'table_rows',
+           'split_videos', 'Gallery', 'build_gallery', 'check_triplets', 'evaluate_model', 'query_features',
+           'row_errors', 'load_stage2_model', 'row_columns', 'bootstrap_ci', 'breakdown', 'paired_differences',
+           'fingerprint_files', 'model_fingerprint', 'EvaluationRun', 'evaluate_table']
 
 # %% ../../nbs/32_eval.evaluate.ipynb #070f8e2c
-MODEL_NAMES = ("TF-CoVR-Base", "1-frame", "text-only", "video-only", "avg-fusion", "stage2-only")  # the table's rows
-MODALITIES = ("video+text", "text", "video")
+MODEL_NAMES = ("TF-CoVR-Base", "1-frame", "text-only", "video-only", "avg-fusion", "stage2-only")  # the paper's rows
+MODALITIES = {"fusion": "video+text", "text": "text", "video": "video"}  # a Stage-2 model's query mode -> the table's modalities
 DISCIPLINES = {"finegym": "gymnastics", "finediving": "diving"}  # dataset -> discipline in the breakdowns
+STAGE2_MODEL = "model"  # the folder of a Stage-2 run holding its best model: <stage2 root>/<run>/model
 
 
-@dataclasses.dataclass
-class VariantConfig:
-    "One row of the results table: a Stage-2 model folder (or none) on one embedding cache."
-    model_dir: str | None  # Stage-2 model folder (`save_pretrained`); None: the query-video embedding is the query
-    embeddings: str        # embedding cache folder of the variant's video encoder (`tfcovr.eval.embed`)
-    query_frames: int      # frames the encoder saw per query video (table column)
-    target_frames: int     # frames the encoder saw per gallery video (table column)
-    fusion: str            # fusion shown in the table: combiner | average | none
-    modalities: str        # query modalities shown in the table: video+text | text | video
-
-    def __post_init__(self):
-        if self.query_frames < 1 or self.target_frames < 1:
-            raise ValueError(f"query_frames and target_frames must be >= 1, got {self.query_frames}, {self.target_frames}")
-        if self.modalities not in MODALITIES: raise ValueError(f"modalities must be one of {MODALITIES}, got {self.modalities!r}")
-        if not self.fusion: raise ValueError("fusion must name the fusion (none for a single modality)")
-        if self.model_dir is None and self.modalities != "video":
-            raise ValueError(f"a variant without model_dir ranks by the query video alone: modalities must be 'video', got {self.modalities!r}")
+def _row_entry(item: str | Mapping, i: int) -> tuple[str, str | None]:
+    "(name, encoder) of one entry of `rows`: a Stage-2 run's name (encoder None) or `{name: {embeddings: encoder}}`."
+    if isinstance(item, str): return item, None
+    if len(item) != 1: raise ValueError(f"rows[{i}]: expected a Stage-2 run's name or one `name: {{embeddings: <encoder>}}`, got {dict(item)!r}")
+    (name, spec), = item.items()
+    if not isinstance(spec, Mapping) or list(spec) != ["embeddings"] or not isinstance(spec["embeddings"], str):
+        raise ValueError(f"rows.{name}: a row without Stage-2 training names its encoder as {{embeddings: <encoder>}}, got {spec!r}")
+    return str(name), spec["embeddings"]
 
 
 @dataclasses.dataclass
 class EvaluateConfig:
     "The `evaluate` section of params.yaml."
-    variants: dict[str, VariantConfig]      # model name -> variant, in table order
+    rows: list[str | dict[str, Any]]         # table rows in order: a Stage-2 run's name, or `{name: {embeddings: encoder}}` without training
     split: Literal["val", "test"] = "test"  # evaluation split; its every video is the gallery
     ks: tuple[int, ...] = DEFAULT_KS        # cut-offs of mAP@K / R@K
     breakdown_k: int = 10                   # the K of the per-type and per-discipline breakdowns (one of ks)
@@ -68,9 +63,12 @@ class EvaluateConfig:
     device: str = "auto"                    # auto | cpu | cuda | cuda:N | mps
 
     def __post_init__(self):
-        if not self.variants: raise ValueError("variants must name at least one model")
-        self.variants = {str(k): v if isinstance(v, VariantConfig) else from_dict(VariantConfig, v, f"variants.{k}")
-                         for k, v in self.variants.items()}
+        if not self.rows: raise ValueError("rows must name at least one row")
+        self.rows = list(self.rows)
+        entries = [_row_entry(r, i) for i, r in enumerate(self.rows)]
+        names = [n for n, _ in entries]
+        if dup := sorted({n for n in names if names.count(n) > 1}): raise ValueError(f"rows: {', '.join(dup)} listed twice")
+        self._encoders = dict(entries)
         self.ks = tuple(self.ks)
         if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
             raise ValueError(f"ks must be distinct positive ints, got {self.ks}")
@@ -80,13 +78,45 @@ class EvaluateConfig:
         if self.batch_size < 1 or self.chunk_size < 1: raise ValueError(f"batch_size and chunk_size must be >= 1")
         check_device(self.device, "device")
 
+    @property
+    def untrained(self) -> dict[str, str | None]:
+        "Row name -> the encoder an untrained row names (None for a Stage-2 run's row), in table order."
+        return dict(self._encoders)
+
+
+@dataclasses.dataclass
+class TableRow:
+    "One row of the results table, resolved to files."
+    name: str               # the row's name in the table
+    model_dir: Path | None  # Stage-2 model folder (`save_pretrained`); None: the query video's embedding is the query
+    embeddings: Path        # the embedding cache it reads (a folder or pointer, see `tfcovr.eval.embed.cache_folder`)
+
+
+def table_rows(cfg: EvaluateConfig,                          # the `evaluate` section
+               stage2: Mapping[str, str],                    # Stage-2 run -> its encoder (`stage2.<run>.embeddings`)
+               embeddings_root: str | Path = "embeddings",   # encoder <name>'s cache is <embeddings_root>/<name>
+               stage2_root: str | Path = "models/stage2",    # run <name> trains into <stage2_root>/<name>
+              ) -> list[TableRow]:                           # the rows, in table order
+    "Each row's model folder and embedding cache: a Stage-2 run's own, or the encoder an untrained row names."
+    out = []
+    for name, enc in cfg.untrained.items():
+        if name in stage2 and enc is not None:
+            raise ValueError(f"evaluate.rows.{name}: a Stage-2 run's row reads the run's embeddings (stage2.{name}.embeddings: "
+                             f"{stage2[name]}); remove {{embeddings: {enc}}}")
+        if name not in stage2 and enc is None:
+            raise ValueError(f"evaluate.rows.{name}: {name!r} is no run of the stage2 section (runs: {', '.join(stage2) or 'none'}) "
+                             f"and names no embeddings (a row without Stage-2 training: `- {name}: {{embeddings: <encoder>}}`)")
+        trained = enc is None
+        out.append(TableRow(name, Path(stage2_root) / name / STAGE2_MODEL if trained else None,
+                            Path(embeddings_root) / (stage2[name] if trained else enc)))
+    return out
+
 # %% ../../nbs/32_eval.evaluate.ipynb #9a5b262a
 def split_videos(videos: pd.DataFrame,  # one row per clip: video_id, label_id, split (+ any columns)
                  split: str,            # the evaluation split
                 ) -> pd.DataFrame:      # the split's videos, each once, sorted by video_id
     "Every video of `split` exactly once; a video with two labels raises, naming it."
-    miss = [c for c in ("video_id", "label_id", "split") if c not in videos.columns]
-    if miss: raise ValueError(f"videos table: missing columns {miss} (has {list(videos.columns)})")
+    check_columns(videos, ("video_id", "label_id", "split"), "videos table")
     ids = gallery_videos(videos, split)  # the one definition of a split's gallery
     if not ids: raise ValueError(f"the videos table has no video in split {split!r} (splits: {sorted(videos['split'].astype(str).unique())})")
     v = unique_videos(videos[videos["split"].astype(str) == split], f" in split {split!r}")
@@ -163,8 +193,7 @@ def check_triplets(triplets: pd.DataFrame,  # val/test triplets
                    gallery: Gallery,        # the split's gallery
                   ) -> np.ndarray:          # [Q] gallery position of each query video
     "Every query video is a gallery video; every listed ground truth is a gallery video of the target label."
-    miss = [c for c in EVAL_NEEDS if c not in triplets.columns]
-    if miss: raise ValueError(f"triplets: missing columns {miss} (has {list(triplets.columns)})")
+    check_columns(triplets, EVAL_NEEDS, "triplets")
     if triplets.empty: raise ValueError("triplets: no query to evaluate")
     if triplets["query_id"].duplicated().any(): raise ValueError(f"triplets: query_id {triplets.query_id[triplets.query_id.duplicated()].iloc[0]} repeats")
     qgi = gallery.position(triplets.query_video.astype(str))
@@ -214,21 +243,16 @@ def evaluate_model(query_features: torch.Tensor,         # [Q, D] unit rows, one
     return out
 
 # %% ../../nbs/32_eval.evaluate.ipynb #797f3305
-def _model_device(model) -> torch.device:
-    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return p.device if p is not None else torch.device("cpu")
-
-
 @torch.no_grad()
-def query_features(model,                       # an object with encode_query(video [B, D], texts) -> [B, D]; None: video only
+def query_features(model,                       # a model with encode_query(video [B, D], texts) -> [B, D]; None: video only
                    triplets: pd.DataFrame,      # query_video, modification
                    embeddings,                  # Embeddings holding every query video
                    batch_size: int = 256,       # queries encoded at once
                    progress: bool = False,      # progress bar
                   ) -> torch.Tensor:            # [Q, D] unit rows
     "Composed query embeddings of the triplets in order (the normalised query-video embedding when `model` is None)."
-    if model is not None and hasattr(model, "eval"): model.eval()
-    dev = _model_device(model) if model is not None else torch.device("cpu")
+    if model is not None: model.eval()
+    dev = model_device(model) if model is not None else torch.device("cpu")
     videos = triplets.query_video.astype(str).tolist()
     raw = np.asarray(embeddings.lookup(videos), np.float32)  # [Q, D]
     _check_finite(raw, "the cached embedding of query video", videos)
@@ -244,26 +268,37 @@ def query_features(model,                       # an object with encode_query(vi
 
 
 @contextlib.contextmanager
-def variant_errors(name: str,            # the row's name (a key of `EvaluateConfig.variants`)
-                   var: VariantConfig,   # the row
-                  ) -> Iterator[None]:
+def row_errors(row: TableRow) -> Iterator[None]:  # the row being scored
     "Prefix a `ValueError` raised inside with the table row, its model folder and its embeddings."
     try: yield
     except ValueError as e:
-        raise ValueError(f"evaluate.variants.{name} (model {var.model_dir or 'none: video only'}, embeddings {var.embeddings}): {e}") from None
+        raise ValueError(f"evaluate.rows.{row.name} (model {row.model_dir or 'none: video only'}, embeddings {row.embeddings}): {e}") from None
 
 
 def load_stage2_model(model_dir: str | Path,    # a folder written by `ComposedModel.save_pretrained`
                       device: str | torch.device = "cpu",  # device to load to
-                     ):                         # ComposedModel in eval mode
+                     ) -> ComposedModel:        # in eval mode
     "The Stage-2 model saved in `model_dir`."
-    from tfcovr.models.composed import ComposedModel
     return ComposedModel.from_pretrained(model_dir, device=str(device))
 
 
-def _load_embeddings(folder: str | Path):
-    from tfcovr.eval.embed import load_embeddings
-    return load_embeddings(folder)
+def row_columns(model_dir: str | Path | None,  # the row's Stage-2 model folder; None: no model (video only)
+                meta: Mapping[str, Any],       # the embedding cache's meta.json
+               ) -> dict[str, Any]:            # modalities, fusion, query_frames, target_frames
+    "The table's description of a row: modalities and fusion from the model's config.json, frames from the cache's meta.json."
+    modalities, fusion = "video", "none"
+    if model_dir is not None:
+        path = Path(model_dir) / CONFIG_FILE
+        config = read_json_object(path, ("query",))
+        if config["query"] not in MODALITIES: raise ModelFileError(f"{path}: query must be one of {', '.join(MODALITIES)}, got {config['query']!r}")
+        modalities = MODALITIES[config["query"]]
+        if config["query"] == "fusion":
+            fusion = (config.get("fusion") or {}).get("name")
+            if not isinstance(fusion, str): raise ModelFileError(f"{path}: a fusion model's config names no fusion (fusion.name)")
+    frames = meta.get("num_frames")
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+        raise ValueError(f"the embedding cache's meta.json gives no frame count (num_frames: {frames!r})")
+    return {"modalities": modalities, "fusion": fusion, "query_frames": frames, "target_frames": frames}
 
 # %% ../../nbs/32_eval.evaluate.ipynb #0a59cf2b
 def bootstrap_ci(values: np.ndarray | Sequence[float],  # [n] per-query AP in [0, 1] (or a difference of two)
@@ -343,40 +378,44 @@ def model_fingerprint(model_dir: str | Path | None) -> dict[str, str] | None:
 
 
 class EvaluationRun(NamedTuple):
-    "What `evaluate_variants` returns."
-    rows: list[dict[str, Any]]          # one results-table row per variant
-    per_query: dict[str, pd.DataFrame]  # model name -> per-query table
+    "What `evaluate_table` returns."
+    rows: list[dict[str, Any]]          # one results-table row per table row
+    per_query: dict[str, pd.DataFrame]  # row name -> per-query table
     breakdown: dict[str, Any]           # JSON-ready breakdowns with intervals
     protocol: dict[str, Any]            # the protocol card
 
 
-def evaluate_variants(cfg: EvaluateConfig,             # the `evaluate` section
-                      videos: pd.DataFrame,            # video_id, label_id, split (the triplets' videos.parquet)
-                      triplets: pd.DataFrame,          # triplets of cfg.split
-                      seed: int,                       # project seed (bootstrap)
-                      dataset_files: Sequence[str | Path] = (),  # files hashed into the card (triplets, videos)
-                      load_embeddings: Callable = _load_embeddings,   # folder -> Embeddings
-                      load_model: Callable = load_stage2_model,       # (model_dir, device) -> model
-                      progress: bool = True,           # progress bars
-                     ) -> EvaluationRun:
-    "Score every variant on the split's unique-video gallery; rows, per-query tables, breakdowns and the card."
+def evaluate_table(cfg: EvaluateConfig,             # the `evaluate` section
+                   table: Sequence[TableRow],       # the rows (`table_rows`), in order
+                   videos: pd.DataFrame,            # video_id, label_id, split (the triplets' videos.parquet)
+                   triplets: pd.DataFrame,          # triplets of cfg.split
+                   seed: int,                       # project seed (bootstrap)
+                   dataset_files: Sequence[str | Path] = (),  # files hashed into the card (triplets, videos)
+                   load_embeddings: Callable = load_embeddings,  # folder -> Embeddings
+                   load_model: Callable = load_stage2_model,     # (model_dir, device) -> model
+                   progress: bool = True,           # progress bars
+                  ) -> EvaluationRun:
+    "Score every row on the split's unique-video gallery; rows, per-query tables, breakdowns and the card."
+    if not table: raise ValueError("the table has no row")
     dev, caches, rows, per_query, info, ids = get_device(cfg.device), {}, [], {}, {}, None
-    for name, var in tqdm(cfg.variants.items(), desc="variants", disable=not progress):
-        if var.embeddings not in caches: caches[var.embeddings] = load_embeddings(var.embeddings)
-        emb = caches[var.embeddings]
-        model = None if var.model_dir is None else load_model(var.model_dir, dev)
-        with variant_errors(name, var):
-            gallery = build_gallery(videos, cfg.split, emb, None if model is None else model.encode_target, dev if model is None else _model_device(model))
-            if ids is not None and gallery.ids != ids: raise ValueError("the gallery differs from the first variant's")
+    for row in tqdm(table, desc="rows", disable=not progress):
+        if row.embeddings not in caches: caches[row.embeddings] = load_embeddings(row.embeddings)
+        emb = caches[row.embeddings]
+        model = None if row.model_dir is None else load_model(row.model_dir, dev)
+        meta = dict(getattr(emb, "meta", None) or {})
+        with row_errors(row):
+            cols = row_columns(row.model_dir, meta)
+            gallery = build_gallery(videos, cfg.split, emb, None if model is None else model.encode_target,
+                                    dev if model is None else model_device(model))
+            if ids is not None and gallery.ids != ids: raise ValueError("the gallery differs from the first row's")
             ids = gallery.ids
             res = evaluate_model(query_features(model, triplets, emb, cfg.batch_size), gallery, triplets, cfg.ks, cfg.chunk_size)
-        rows.append({"model": name, "modalities": var.modalities, "fusion": var.fusion, "query_frames": var.query_frames,
-                     "target_frames": var.target_frames, **{k: v for k, v in res.items() if "@" in k}, "queries": len(triplets)})
-        per_query[name] = res["per_query"]
-        meta = dict(getattr(emb, "meta", {}) or {})
-        info[name] = {"model_dir": var.model_dir, "model_sha256": model_fingerprint(var.model_dir), "embeddings": var.embeddings,
-                      "embedding_key": meta.get("key"), "encoder_checkpoint_sha256": meta.get("checkpoint_sha256"),
-                      "embedding_dim": int(gallery.features.shape[1]), "query_frames": var.query_frames, "target_frames": var.target_frames}
+        rows.append({"model": row.name, **cols, **{k: v for k, v in res.items() if "@" in k}, "queries": len(triplets)})
+        per_query[row.name] = res["per_query"]
+        info[row.name] = {"model_dir": None if row.model_dir is None else str(row.model_dir), "model_sha256": model_fingerprint(row.model_dir),
+                          "embeddings": str(row.embeddings), "embedding_key": meta.get("key"),
+                          "encoder_checkpoint_sha256": meta.get("checkpoint_sha256"), "embedding_dim": int(gallery.features.shape[1]),
+                          "query_frames": cols["query_frames"], "target_frames": cols["target_frames"]}
     k = cfg.breakdown_k
     bd = {"metric": f"mAP@{k}", "resamples": cfg.bootstrap, "confidence": cfg.confidence, "interval": "percentile", "seed": seed,
           "overall": {n: bootstrap_ci(p[f"AP@{k}"].to_numpy(), cfg.bootstrap, cfg.confidence, seed, n, "overall") for n, p in per_query.items()}}
@@ -397,6 +436,6 @@ def evaluate_variants(cfg: EvaluateConfig,             # the `evaluate` section
         "exclusion": "the query video is removed from its own ranking",
         "ties": "equal similarities rank the lower gallery index first",
         "dataset": fingerprint_files(dataset_files) if dataset_files else None,
-        "variants": info, "breakdown": {k2: bd[k2] for k2 in ("metric", "resamples", "confidence", "interval")}, "seed": seed,
+        "rows": info, "breakdown": {k2: bd[k2] for k2 in ("metric", "resamples", "confidence", "interval")}, "seed": seed,
     }
     return EvaluationRun(rows, per_query, bd, protocol)

@@ -17,8 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import atomic_path, atomic_write, rng, save_figure, write_json
-from .evaluate import (EvaluateConfig, EvaluationRun, Gallery, _load_embeddings, build_gallery, evaluate_model,
-                             load_stage2_model, query_features, variant_errors)
+from .embed import load_embeddings
+from .evaluate import (EvaluateConfig, EvaluationRun, Gallery, TableRow, build_gallery, evaluate_model, load_stage2_model,
+                                  query_features, row_errors)
 from .metrics import DEFAULT_KS
 from ..data.video import VideoRoots, video_root, load_clip, resolve_video
 
@@ -68,7 +69,7 @@ def paired_markdown(bd: dict) -> str:  # `EvaluationRun.breakdown` (its `paired`
     return "\n".join(lines) + "\n"
 
 # %% ../../nbs/33_eval.report.ipynb #81009739
-def write_reports(run: EvaluationRun,               # output of `tfcovr.eval.evaluate.evaluate_variants`
+def write_reports(run: EvaluationRun,               # output of `tfcovr.eval.evaluate.evaluate_table`
                   out_dir: str | Path = "reports",  # folder of the default file names below
                   ks: Sequence[int] = DEFAULT_KS,   # cut-offs shown in the Markdown table
                   per_query: bool = True,           # also write per_query.parquet (every model's per-query AP)
@@ -264,7 +265,7 @@ def plot_results(rows: list[dict], ks: Sequence[int] = DEFAULT_KS, path: str | P
 @dataclasses.dataclass
 class ReportConfig:
     "The `report` section of params.yaml: which model the qualitative figures show, and how."
-    model: str = "TF-CoVR-Base"  # the variant (a name in evaluate.variants) of the retrieval strips and heatmap
+    model: str = "TF-CoVR-Base"  # the table row (one of evaluate.rows) of the retrieval strips and heatmap
     n_queries: int = 6           # queries shown as retrieval strips
     top: int = 5                 # ranks shown per query
     n_frames: int = 8            # frames per strip
@@ -278,7 +279,8 @@ class ReportConfig:
 
 
 def report_figures(cfg: ReportConfig,              # the `report` section
-                   ev: EvaluateConfig,             # the `evaluate` section (variants, split, ks)
+                   ev: EvaluateConfig,             # the `evaluate` section (split, ks, batch sizes)
+                   table: Sequence[TableRow],      # the table's rows (`tfcovr.eval.evaluate.table_rows`)
                    videos: pd.DataFrame,           # video_id, label_id, split, video_key, dataset (+ label)
                    triplets: pd.DataFrame,         # the split's triplets
                    rows: list[dict],               # results.json of the evaluate stage
@@ -286,7 +288,7 @@ def report_figures(cfg: ReportConfig,              # the `report` section
                    video_roots: VideoRoots,        # one folder, or dataset -> folder
                    out_dir: str | Path,            # figures folder
                    seed: int,                      # project seed
-                   load_embeddings: Callable = _load_embeddings,  # folder -> Embeddings
+                   load_embeddings: Callable = load_embeddings,   # folder -> Embeddings
                    load_model: Callable = load_stage2_model,      # (model_dir, device) -> model
                    progress: bool = True,          # progress bar
                   ) -> list[Path]:                 # the PNG files written
@@ -297,11 +299,11 @@ def report_figures(cfg: ReportConfig,              # the `report` section
     for by in ("modification_type", "discipline"):
         if breakdown.get(by):
             done.append(out / f"breakdown_{by}.png"); plt.close(plot_breakdown(breakdown, by, done[-1]))
-    if cfg.model not in ev.variants: raise ValueError(f"report.model {cfg.model!r} is not a variant (known: {', '.join(ev.variants)})")
-    var = ev.variants[cfg.model]
-    emb = load_embeddings(var.embeddings)
-    model = None if var.model_dir is None else load_model(var.model_dir, "cpu")
-    with variant_errors(cfg.model, var):
+    row = next((r for r in table if r.name == cfg.model), None)
+    if row is None: raise ValueError(f"report.model {cfg.model!r} is not a row of the table (rows: {', '.join(r.name for r in table)})")
+    emb = load_embeddings(row.embeddings)
+    model = None if row.model_dir is None else load_model(row.model_dir, "cpu")
+    with row_errors(row):
         gallery = build_gallery(videos, ev.split, emb, None if model is None else model.encode_target)
         q = query_features(model, triplets, emb, ev.batch_size)
         top = evaluate_model(q, gallery, triplets, ev.ks, ev.chunk_size)["top_index"]

@@ -227,22 +227,19 @@ def search_parser() -> argparse.ArgumentParser:
 
 
 def search_main(argv: list[str] | None = None) -> int:
-    "`tfcovr search VIDEO TEXT -k 5 --model DIR --gallery DIR`: print the top-k table; input errors print one line, exit 2."
+    "`tfcovr search VIDEO TEXT -k 5 --model DIR --gallery DIR`: print the top-k table (input errors raise; `tfcovr.cli.main` reports them)."
     args = search_parser().parse_args(argv)
-    error, ours = None, (TextTruncatedWarning, ShortVideoWarning)
-    with warnings.catch_warnings(record=True) as seen:
-        for c in ours: warnings.simplefilter("always", c)
-        try:
+    ours = (TextTruncatedWarning, ShortVideoWarning)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            for c in ours: warnings.simplefilter("always", c)
             check_text(args.text)                                          # before loading any model
             get_device(args.device, "--device")                           # an unknown or absent device: one line
             r = ComposedRetriever(args.model, args.gallery, args.stage1, args.device)
             hits = r.search(args.video, args.text, args.k)
-        except (FileNotFoundError, ValueError, ModuleNotFoundError) as e: error = e   # bad input; VideoError, ParamsError are ValueErrors
-    for w in seen:
-        if issubclass(w.category, ours): print(f"tfcovr search: warning: {w.message}", file=sys.stderr)
-        else: warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if error is not None:
-        print(f"tfcovr search: error: {error}", file=sys.stderr)
-        return 2
+    finally:                                                               # said before an error line too
+        for w in seen:
+            if issubclass(w.category, ours): print(f"tfcovr search: warning: {w.message}", file=sys.stderr)
+            else: warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(format_hits(hits))
     return 0
