@@ -31,7 +31,8 @@ def rss_mib() -> float:
 def step_bench(name: str, num_frames: int, batch: int, steps: int, device: str, amp: str, freeze: bool, classes: int) -> dict:
     "Clips/s and peak memory of `steps` training steps of one AIM variant on random clips."
     from tfcovr.models.aim import aim_cfg, create_aim
-    from tfcovr.train.stage1 import autocast, param_groups
+    from tfcovr.core import autocast
+    from tfcovr.train.common import param_groups
     dev = torch.device(device)
     torch.manual_seed(0)
     model = create_aim(name, num_frames=num_frames, num_classes=classes, freeze_backbone=freeze).to(dev)

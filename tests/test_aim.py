@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from tfcovr.models import aim
 from tfcovr.models.aim import (AIM, AIMConfig, AIMVariant, aim_cfg, create_aim, list_aims, load_backbone, preprocess,
                         read_state_dict, register_aim)
-from tfcovr.models.composed import ModelFileError
+from tfcovr.models.io import ModelFileError
 from tfcovr.core import ParamsError, from_dict
 
 NEW = re.compile(r"(^|\.)(t_adapter|s_adapter|mlp_adapter)\.|^temporal_embedding$|^head\.")

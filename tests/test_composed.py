@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tfcovr.models.composed import (ArrayEmbeddings, ComposedModel, ModelFileError, load_weights, model_device, read_safetensors,
-                             read_torch_state, safetensors_header, save_pretrained, weights_dim, write_safetensors)
+from tfcovr.models.composed import ArrayEmbeddings, ComposedModel, model_device, save_pretrained, weights_dim
+from tfcovr.models.io import ModelFileError, load_weights, read_safetensors, read_torch_state, safetensors_header, write_safetensors
 from tfcovr.core import write_json
 from tfcovr.models.fusion import FusionConfig
 from tfcovr.models.text import TextConfig

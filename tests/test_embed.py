@@ -40,7 +40,7 @@ def test_two_processes_shard_the_videos_and_match_one_process(toy, tmp_path):
     params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, model: "
                       f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n")
     script = tmp_path / "embed.py"
-    script.write_text("import sys\nfrom tfcovr.eval.embed import embed_main\nsys.exit(embed_main(sys.argv[1:]))\n")
+    script.write_text("import sys\nfrom tfcovr.cli import main\nsys.exit(main(['embed', *sys.argv[1:]]))\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), "untrained",
            "--params", str(params), "--labels", str(root / "labels.parquet"), "--root", str(root / "videos"),
            "--cache-root", str(tmp_path / "cache"), "--pointer", str(tmp_path / "untrained.json")]

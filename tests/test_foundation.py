@@ -98,3 +98,13 @@ def test_safetensors_outputs_get_the_mode_of_every_other_output(tmp_path, monkey
     modes = {p: (tmp_path / p).stat().st_mode & 0o777 for p in ("best.safetensors", "last/model.safetensors", "best.json")}
     mask = os.umask(0o022); os.umask(mask)
     assert set(modes.values()) == {0o666 & ~mask}, modes
+
+
+def test_core_is_cheap_to_import_and_inference_does_not_import_training():
+    "`tfcovr.core` loads without torch; embedding extraction and its checkpoint loading load no training module."
+    code = ("import sys, tfcovr.core; assert 'torch' not in sys.modules, 'core imported torch'\n"
+            "import tfcovr.eval.embed, tfcovr.models.aim\n"
+            "bad = sorted(m for m in sys.modules if m.startswith('tfcovr.train'))\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from tfcovr.models.aim import AIMConfig
 from tfcovr.toys import toy_clips
-from tfcovr.models.composed import ModelFileError
+from tfcovr.models.io import ModelFileError
 from tfcovr.core import TMPDIR_ENV, derive_seed, seed_everything, to_dict
-from tfcovr.train.stage1 import Stage1Config, load_stage1, train_stage1
+from tfcovr.models.aim import load_stage1
+from tfcovr.train.stage1 import Stage1Config, train_stage1
 from tfcovr.data.video import VideoError
 
 ROOT = Path(__file__).resolve().parents[1]

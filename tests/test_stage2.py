@@ -16,7 +16,8 @@ import torch
 from tfcovr.models.composed import ArrayEmbeddings, ComposedModel
 from tfcovr.core import ParamsError, from_dict, load_params
 from tfcovr.toys import synthetic_problem
-from tfcovr.train.stage2 import Stage2Config, eval_gallery, evaluate, make_batches, train_stage2
+from tfcovr.train.common import lr_factor
+from tfcovr.train.stage2 import Stage2Config, make_batches, train_stage2, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def problem():
 
 @pytest.fixture(scope="module")
 def video_only(problem):
-    return evaluate(ComposedModel(32, "video"), problem["val"], problem["embeddings"], eval_gallery(problem["val"]), (1, 5, 10))
+    return validate(ComposedModel(32, "video"), problem["val"], problem["embeddings"], ks=(1, 5, 10))
 
 
 def test_params_section_loads_and_epochs_is_required(tmp_path):
@@ -118,29 +119,68 @@ def test_start_up_checks(problem, tmp_path):
     small = ArrayEmbeddings(problem["embeddings"].ids, problem["embeddings"].emb[:, :16])
     with pytest.raises(ValueError, match=r"checkpoint 32, config \?, embeddings 16"):
         train_stage2(cfg, problem["train"], problem["val"], small, tmp_path, seed=0, progress=False)
-    with pytest.raises(ValueError, match="resume=False"):
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another run \(data.train: .* -> .*\): pass resume=False"):
         train_stage2(cfg, problem["train"].iloc[:-1], problem["val"], problem["embeddings"], tmp_path, seed=0, progress=False)
     keep = [i for i in problem["embeddings"].ids if i != "train3_1"]
     partial = ArrayEmbeddings(keep, problem["embeddings"].lookup(keep))
     with pytest.raises(KeyError, match="train3_1"):
         train_stage2(cfg, problem["train"], problem["val"], partial, tmp_path / "p", seed=0, progress=False)
-    with pytest.raises(ValueError, match="missing columns"):
+    with pytest.raises(ValueError, match=r"train triplets lacks column\(s\) \['modification'\]"):
         train_stage2(cfg, problem["train"].drop(columns="modification"), problem["val"], problem["embeddings"], tmp_path / "q", seed=0)
 
 
-def test_list_ground_truth_and_unreachable_targets(problem):
+# Metrics of fixed models on synthetic_problem(0), as the Stage-2 validation computed them before it called the evaluator.
+BEFORE = {"video": {"mAP@1": 0.0, "R@1": 0.0, "mAP@5": 2.7083333333333335, "R@5": 30.833333333333336,
+                    "mAP@10": 10.869378306878307, "R@10": 45.0},
+          "fusion": {"mAP@1": 11.666666666666666, "R@1": 11.666666666666666, "mAP@5": 9.694444444444445, "R@5": 34.166666666666664,
+                     "mAP@10": 17.614169973544975, "R@10": 51.66666666666667}}
+
+
+def fixed_fusion() -> ComposedModel:
+    "A seeded, untrained combiner model whose rankings are neither perfect nor random."
+    torch.manual_seed(0)
+    m = ComposedModel(32, "fusion", from_dict(Stage2Config, {**STAGE2}).text, from_dict(Stage2Config, {**STAGE2}).fusion)
+    for p in m.fusion.parameters(): torch.nn.init.normal_(p, std=0.2)
+    return m
+
+
+def test_validation_scores_as_before_and_as_the_evaluator(problem, video_only):
+    "Best-epoch selection sees the same numbers as the validation it replaced, and the evaluator's own."
+    from tfcovr.eval.evaluate import build_gallery, evaluate_model, query_features
+    model = fixed_fusion()
+    got = validate(model, problem["val"], problem["embeddings"], ks=(1, 5, 10))
+    assert got == pytest.approx(BEFORE["fusion"], abs=1e-9) and video_only == pytest.approx(BEFORE["video"], abs=1e-9)
+    val = problem["val"].assign(query_id=range(len(problem["val"])))
+    gal = build_gallery(problem["videos"], "val", problem["embeddings"], model.encode_target)
+    direct = evaluate_model(query_features(model, val, problem["embeddings"]), gal, val, (1, 5, 10))
+    assert got == {k: v for k, v in direct.items() if "@" in k}
+    assert validate(model, problem["val"], problem["embeddings"], problem["videos"][problem["videos"].split == "val"], (1, 5, 10)) == got
+
+
+def test_best_epoch_is_chosen_by_the_validation_numbers(problem, tmp_path):
+    cfg = config(epochs=3, val_every=1, select="mAP@1")
+    res = train_stage2(cfg, problem["train"], problem["val"], problem["embeddings"], tmp_path, seed=0, progress=False, log_every=0)
+    scores = [r["mAP@1"] for r in res.history]
+    assert res.best["epoch"] == 1 + scores.index(max(scores))                       # the first of the best
+    best = ComposedModel.from_pretrained(tmp_path / "model")
+    assert validate(best, problem["val"], problem["embeddings"], ks=(1, 5, 10)) == pytest.approx(
+        {k: v for k, v in res.best.items() if k != "epoch"}, abs=1e-9)
+    steps = res.history[-1]["step"]
+    assert res.history[-1]["lr"] == pytest.approx(cfg.lr * lr_factor(steps - 1, steps, round(0.1 * steps)))
+
+
+def test_unreachable_targets_and_other_ground_truths_are_refused(problem):
+    model = ComposedModel(32, "video")
+    keep = problem["videos"][(problem["videos"].split == "val") & (problem["videos"].label_id != "l1")]
+    queries = problem["val"][problem["val"].query_label_id != "l1"].drop(columns="target_videos")
+    with pytest.raises(ValueError, match=r"query \d+ \(video 'val0_0', target label 'l1'\) has no reachable ground truth"):
+        validate(model, queries, problem["embeddings"], keep, (1, 5, 10))
     val = problem["val"].copy()
-    model, gal = ComposedModel(32, "video"), eval_gallery(problem["val"])
-    val["target_videos"] = [v[:1] for v in val["target_videos"]]                  # fewer GTs than the label has
-    by_list = evaluate(model, val, problem["embeddings"], gal, (1, 5, 10), gt="list")
-    by_label = evaluate(model, val, problem["embeddings"], gal, (1, 5, 10), gt="label")
-    assert by_list != by_label
     tv = list(val["target_videos"]); tv[0] = ["not_a_gallery_video"]; val["target_videos"] = tv
     with pytest.raises(ValueError, match="not_a_gallery_video"):
-        evaluate(model, val, problem["embeddings"], gal, (1, 5, 10), gt="list")
-    gal_missing_label = gal[gal.label_id != "l1"]
-    with pytest.raises(ValueError, match="no relevant"):
-        evaluate(model, problem["val"], problem["embeddings"], gal_missing_label, (1, 5, 10))
+        validate(model, val, problem["embeddings"], problem["videos"][problem["videos"].split == "val"], (1, 5, 10))
+    with pytest.raises(ParamsError, match="stage2.val_gt: expected one of .label., got .list."):
+        config(val_gt="list")
 
 
 DDP_SCRIPT = """

@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..models.aim import AIM, AIMConfig, aim_cfg, cached_weights, create_aim, preprocess
-from ..models.composed import ModelFileError, read_json_object
-from ..core import (atomic_dir, atomic_write, check_device, derive_seed, file_sha256, get_device, load_params, seed_everything,
-                         stable_hash, write_json)
-from ..train.stage1 import autocast, barrier, checkpoint_file, distributed, load_stage1, resolve_amp, weights_sha256
+from ..core import (atomic_dir, atomic_write, autocast, barrier, check_device, derive_seed, distributed, file_sha256, get_device,
+                         load_params, resolve_amp, seed_everything, stable_hash, write_json)
+from ..models.aim import (AIM, AIMConfig, aim_cfg, cached_weights, checkpoint_file, create_aim, load_stage1, preprocess,
+                               weights_sha256)
+from ..models.io import ModelFileError, read_json_object
 from ..data.video import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root, VideoError, load_clip, resize_clip, resolve_video, segment_indices
 
 # %% auto #0
@@ -242,11 +242,6 @@ def _read_state(folder: Path, key: str, fps: dict[str, str]) -> tuple[dict[str, 
     return done, {v: r for v, r in failed.items() if v not in done}
 
 
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_initialized(): return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def extract_embeddings(encoder: VideoEncoder,        # the encoder (its key names the cache folder)
                        labels: pd.DataFrame,         # every distinct video_id is encoded
                        video_roots: VideoRoots,      # one folder, or dataset -> folder
@@ -260,7 +255,13 @@ def extract_embeddings(encoder: VideoEncoder,        # the encoder (its key name
     "Encode every video of `labels` into the cache; resumable, shardable with torchrun, failures recorded."
     if batch_size < 1 or shard_size < 1: raise ValueError("batch_size and shard_size must be >= 1")
     if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
-    rank, world = _rank_world()
+    with distributed(encoder.device) as d:                                 # under torchrun: this process's share
+        return _extract(encoder, labels, video_roots, Path(cache_root), batch_size, shard_size, num_workers, progress, log_every,
+                        d.rank, d.world)
+
+
+def _extract(encoder: VideoEncoder, labels: pd.DataFrame, video_roots: VideoRoots, cache_root: Path, batch_size: int,
+             shard_size: int, num_workers: int, progress: bool, log_every: int, rank: int, world: int) -> Path:
     tag = f"embed {Path(cache_root).name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
     say = (lambda line: print(f"{tag}: {line}", flush=True)) if log_every else (lambda line: None)
     videos = _video_table(labels, video_roots)
@@ -410,17 +411,13 @@ def embed_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-root", type=Path, default=None, help="cache folders go here (default embeddings/<name>)")
     ap.add_argument("--pointer", type=Path, default=None, help="pointer file (default embeddings/<name>.json)")
     a = ap.parse_args(argv)
-    try:
-        cfg, seed = load_embed_params(a.params)
-        if a.name not in cfg.encoders: raise ValueError(f"{a.params}: embed.encoders.{a.name}: no such encoder (known: {', '.join(cfg.encoders)})")
-        labels, roots = pd.read_parquet(a.labels), args_roots(a)
-        with distributed(cfg.device) as d:
-            enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp)
-            folder = extract_embeddings(enc, labels, roots, a.cache_root or Path("embeddings") / a.name, cfg.batch_size,
-                                        cfg.shard_size, cfg.num_workers)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tfcovr embed: error: {e}", file=sys.stderr)
-        return 2
+    cfg, seed = load_embed_params(a.params)                  # input errors reach `tfcovr.cli.main`: one line, exit 2
+    if a.name not in cfg.encoders: raise ValueError(f"{a.params}: embed.encoders.{a.name}: no such encoder (known: {', '.join(cfg.encoders)})")
+    labels, roots = pd.read_parquet(a.labels), args_roots(a)
+    with distributed(cfg.device) as d:
+        enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp)
+        folder = extract_embeddings(enc, labels, roots, a.cache_root or Path("embeddings") / a.name, cfg.batch_size,
+                                    cfg.shard_size, cfg.num_workers)
     if d.main:
         ptr = write_pointer(folder, a.pointer or Path("embeddings") / f"{a.name}.json", a.name)
         meta = json.loads((folder / "meta.json").read_text())

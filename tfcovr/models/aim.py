@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,12 +22,12 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from .composed import ModelFileError, check_finite, read_safetensors
+from .io import ModelFileError, check_finite, load_weights, read_safetensors, safetensors_header, write_weights
 
 # %% auto #0
 __all__ = ['MAX_FRAMES', 'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'Adapter', 'AIMBlock', 'AIM', 'AIMVariant', 'register_aim',
            'list_aims', 'aim_cfg', 'read_state_dict', 'load_backbone', 'cached_weights', 'create_aim', 'preprocess',
-           'AIMConfig']
+           'AIMConfig', 'save_weights', 'read_meta', 'weights_sha256', 'checkpoint_file', 'load_stage1']
 
 # %% ../../nbs/21_models.aim.ipynb #1bb8b0c3
 class Adapter(nn.Module):
@@ -367,3 +369,59 @@ class AIMConfig:
         return create_aim(self.name, num_frames=self.num_frames, num_classes=num_classes, pretrained=self.pretrained,
                           checkpoint_path=self.checkpoint_path, freeze_backbone=self.freeze_backbone,
                           drop_path_rate=self.drop_path_rate, drop_rate=self.drop_rate)
+
+# %% ../../nbs/21_models.aim.ipynb #aad8717f
+def save_weights(model: nn.Module,        # the trained AIM
+                 path: str | Path,        # the safetensors file to write (atomically)
+                 meta: dict[str, Any],    # the run description (model, num_frames, size, classes, ...)
+                ) -> Path:
+    "Write `model`'s state dict as safetensors with `meta` (JSON) in its metadata, atomically."
+    return write_weights(model, path, {"tfcovr": json.dumps(meta)})
+
+
+_META_KEYS = ("model", "num_frames", "size", "classes")
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    "The run description stored in a Stage-1 safetensors file; a file without a valid one raises naming it."
+    _, header = safetensors_header(path)
+    if "tfcovr" not in header: raise ModelFileError(f"{path}: not a Stage-1 checkpoint (no 'tfcovr' metadata)")
+    try: meta = json.loads(header["tfcovr"])
+    except json.JSONDecodeError as e: raise ModelFileError(f"{path}: its 'tfcovr' metadata is not JSON ({e.msg})") from None
+    if not isinstance(meta, dict): raise ModelFileError(f"{path}: its 'tfcovr' metadata is not a JSON object")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing: raise ModelFileError(f"{path}: its 'tfcovr' metadata lacks {', '.join(map(repr, missing))}")
+    return meta
+
+
+def weights_sha256(model: nn.Module) -> str:
+    "A digest of every tensor of the state dict (names, shapes, dtypes and bytes)."
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        v = v.detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode()); h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def checkpoint_file(run_dir: str | Path,                      # a Stage-1 run folder (or one of its .safetensors files)
+                    which: Literal["best", "last"] = "best",  # best validation epoch, or the last epoch
+                   ) -> Path:
+    "The weights file of a Stage-1 run folder: `best.safetensors` or `last/model.safetensors`."
+    run_dir = Path(run_dir)
+    if run_dir.is_file() and run_dir.suffix == ".safetensors": return run_dir
+    p = run_dir / "best.safetensors" if which == "best" else run_dir / "last" / "model.safetensors"
+    if not p.is_file(): raise FileNotFoundError(f"{p}: no Stage-1 checkpoint ({which}) in {run_dir}")
+    return p
+
+
+def load_stage1(run_dir: str | Path,                       # a Stage-1 run folder (or one of its .safetensors files)
+                which: Literal["best", "last"] = "best",   # best validation epoch, or the last epoch
+                device: str | torch.device = "cpu",        # where to put the model
+                ) -> tuple[AIM, dict[str, Any]]:           # model in eval mode, run description (+ path)
+    "Rebuild a trained Stage-1 classifier from its checkpoint alone."
+    path = checkpoint_file(run_dir, which)
+    meta = read_meta(path)
+    try: model = create_aim(meta["model"], num_frames=meta["num_frames"], num_classes=len(meta["classes"]))
+    except (ValueError, TypeError) as e: raise ModelFileError(f"{path}: its metadata describes no buildable model ({e})") from None
+    load_weights(model, path, meta["model"])
+    return model.to(device).eval(), {**meta, "path": str(path)}

@@ -5,8 +5,6 @@
 # %% ../../nbs/25_models.composed.ipynb #0c40fe4d
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,15 +14,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..core import atomic_dir, atomic_write, from_dict, get_device, to_dict, write_json
+from ..core import atomic_dir, from_dict, get_device, to_dict, write_json
 from .fusion import FusionConfig, check_dims, create_fusion
+from .io import ModelFileError, load_weights, read_json_object, safetensors_header, write_weights
 from .text import TextConfig
 
 # %% auto #0
-__all__ = ['QueryMode', 'CONFIG_FILE', 'WEIGHTS_FILE', 'MAX_DIM', 'model_device', 'ComposedModel', 'ModelFileError',
-           'read_json_object', 'check_finite', 'read_torch_state', 'write_safetensors', 'safetensors_header',
-           'read_safetensors', 'load_state', 'write_weights', 'load_weights', 'weights_dim', 'save_pretrained',
-           'ArrayEmbeddings']
+__all__ = ['QueryMode', 'CONFIG_FILE', 'WEIGHTS_FILE', 'MAX_DIM', 'model_device', 'ComposedModel', 'weights_dim',
+           'save_pretrained', 'ArrayEmbeddings']
 
 # %% ../../nbs/25_models.composed.ipynb #1dc1dbc5
 QueryMode = Literal["fusion", "text", "video"]
@@ -153,139 +150,6 @@ class ComposedModel(nn.Module):
         return model.to(get_device(device)).eval()
 
 # %% ../../nbs/25_models.composed.ipynb #ef373f97
-class ModelFileError(ValueError):
-    "A model file (weights, config, checkpoint state) is unreadable or does not fit; the message names the file."
-
-
-def _kind(obj: Any) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(obj), "null" if obj is None else type(obj).__name__)
-
-
-def read_json_object(path: str | Path,             # a JSON file that must hold one object
-                     required: Sequence[str] = (), # keys it must have
-                    ) -> dict[str, Any]:
-    "The JSON object in `path`; not JSON, not an object or a missing key raises `ModelFileError` naming the file."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
-    try: obj = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError: raise ModelFileError(f"{path}: not JSON (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        why = "empty file" if not path.stat().st_size else f"{e.msg} at line {e.lineno} column {e.colno}"
-        raise ModelFileError(f"{path}: not JSON ({why})") from None
-    if not isinstance(obj, dict): raise ModelFileError(f"{path}: expected a JSON object, got {_kind(obj)}")
-    missing = [k for k in required if k not in obj]
-    if missing: raise ModelFileError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
-    return obj
-
-
-def check_finite(tensors: Mapping[str, torch.Tensor],  # name -> tensor
-                 where: str | Path,                     # the file they came from (for the message)
-                ) -> None:
-    "Raise `ModelFileError` naming `where` and the first tensor that holds a NaN or an infinity."
-    for k, v in tensors.items():
-        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
-            n = int((~torch.isfinite(v)).sum())
-            raise ModelFileError(f"{where}: tensor {k!r} holds {n} NaN or infinite value{'s' if n > 1 else ''}: "
-                                 "the run that wrote it diverged")
-
-
-def read_torch_state(path: str | Path,             # a file written by `torch.save`
-                     required: Sequence[str] = (), # keys the dict must have
-                    ) -> dict[str, Any]:
-    "A `torch.save`d dict of tensors and builtins (read with `weights_only=True`); unreadable, not a dict or a missing key raises naming the file."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
-    if path.stat().st_size == 0: raise ModelFileError(f"{path}: empty file (0 bytes)")
-    try: obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelFileError(f"{path}: not readable, truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if not isinstance(obj, dict): raise ModelFileError(f"{path}: expected a dict, got {_kind(obj)}")
-    missing = [k for k in required if k not in obj]
-    if missing: raise ModelFileError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
-    return obj
-
-
-def write_safetensors(tensors: Mapping[str, torch.Tensor],  # name -> tensor (any device)
-                      path: str | Path,                      # the file to write
-                      metadata: Mapping[str, str] | None = None,  # string metadata for the header
-                     ) -> Path:
-    "Write `tensors` as a safetensors file, atomically and with the file mode of every other output."
-    from safetensors.torch import save
-    out, seen = {}, set()
-    for k, v in tensors.items():
-        v = v.detach().cpu().contiguous()
-        ptr = v.untyped_storage().data_ptr()
-        out[k] = v.clone() if ptr in seen else v     # tensors sharing memory (tied weights) are stored apart
-        seen.add(ptr)
-    data = save(out, metadata=dict(metadata) if metadata else None)
-    with atomic_write(path, "wb") as f: f.write(data)
-    return Path(path)
-
-
-def _open_safetensors(path: Path):
-    from safetensors import safe_open
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
-    if path.stat().st_size == 0: raise ModelFileError(f"{path}: empty file (0 bytes), not safetensors weights")
-    try: return safe_open(str(path), "pt", device="cpu")
-    except Exception as e:
-        raise ModelFileError(f"{path}: not a readable safetensors file, truncated or corrupt ({str(e).splitlines()[0]})") from None
-
-
-def safetensors_header(path: str | Path,  # a safetensors file
-                      ) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:  # name -> shape, metadata
-    "The tensor shapes and the metadata of a safetensors file, without reading the tensors."
-    path = Path(path)
-    with _open_safetensors(path) as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
-
-
-def read_safetensors(path: str | Path,  # a safetensors file
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:  # tensors (CPU), metadata
-    "Every tensor and the metadata of a safetensors file; unreadable or non-finite weights raise `ModelFileError`."
-    path = Path(path)
-    try:
-        with _open_safetensors(path) as f: sd, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except (ModelFileError, FileNotFoundError): raise
-    except Exception as e: raise ModelFileError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
-    check_finite(sd, path)
-    return sd, meta
-
-
-def load_state(model: nn.Module,                    # the model to fill
-               state: Mapping[str, torch.Tensor],   # name -> tensor; every one must fit
-               where: str | Path,                   # where `state` came from (for the message)
-               what: str = "the model of its config",  # what the model is (for the message)
-              ) -> None:
-    "`model.load_state_dict(state, strict=True)`; missing, unexpected or wrongly shaped tensors raise one `ModelFileError` line."
-    own = model.state_dict()
-    faults = [(f"missing tensors ({len(ks)})", ks) for ks in [[k for k in own if k not in state]] if ks]
-    faults += [(f"unexpected tensors ({len(ks)})", ks) for ks in [[k for k in state if k not in own]] if ks]
-    faults += [("wrong shape, file vs model", ks) for ks in [[f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
-                                                             for k in state if k in own and state[k].shape != own[k].shape]] if ks]
-    if faults:
-        raise ModelFileError(f"{where}: weights do not fit {what}: " + "; ".join(
-            f"{name}: {', '.join(ks[:4])}{' ...' if len(ks) > 4 else ''}" for name, ks in faults))
-    model.load_state_dict(dict(state), strict=True)
-
-
-def write_weights(model: nn.Module,  # the model whose tensors are written
-                  path: Path,        # the safetensors file
-                  metadata: Mapping[str, str] | None = None,  # string metadata for the header
-                 ) -> Path:
-    "Write every tensor of `model`'s state dict to a safetensors file (`write_safetensors`)."
-    return write_safetensors(model.state_dict(), path, metadata)
-
-
-def load_weights(model: nn.Module,  # the model to fill; every tensor must fit
-                 path: Path,        # a safetensors file of `write_weights`
-                 what: str = "the model of its config",  # what the model is (for the message)
-                ) -> dict[str, str]:  # the file's metadata
-    "Load a safetensors file into `model` strictly; a file that is unreadable, non-finite or does not fit raises, naming it."
-    sd, meta = read_safetensors(path)
-    load_state(model, sd, path, what)
-    return meta
-
-
 def weights_dim(path: Path) -> int | None:
     "Video size stored in a weight file (None: no text projection, e.g. a video-only model)."
     shapes, _ = safetensors_header(path)

@@ -8,14 +8,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import shutil
-import sys
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,18 +24,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from ..models.aim import AIM, AIMConfig, aim_cfg, create_aim
-from ..models.composed import ModelFileError, load_weights, read_torch_state, safetensors_header, write_weights
+from ..core import (DistInfo, atomic_dir, atomic_path, atomic_write, autocast, barrier, check_device, derive_seed, distributed,
+                         get_device, load_params, resolve_amp, seed_everything, stable_hash, to_dict, write_json)
 from ..data.video import VideoRoots, add_data_args, args_roots, video_fingerprint
+from ..models.aim import AIMConfig, aim_cfg, load_stage1, save_weights, weights_sha256
+from ..models.io import ModelFileError, load_weights, read_torch_state
 from .clips import ClipDataset, class_index
-from ..core import (atomic_dir, atomic_path, atomic_write, check_device, derive_seed, get_device, load_params, seed_everything,
-                         stable_hash, to_dict, write_json)
+from .common import all_sum, check_resume, lr_factor, param_groups, plot_history
 
 # %% auto #0
-__all__ = ['MAX_EPOCHS', 'MAX_BATCH', 'MAX_WORKERS', 'Stage1Config', 'lr_factor', 'param_groups', 'DistInfo', 'distributed',
-           'all_sum', 'barrier', 'save_weights', 'read_meta', 'weights_sha256', 'checkpoint_file', 'load_stage1',
-           'autocast', 'resolve_amp', 'evaluate', 'plot_history', 'Stage1Result', 'train_stage1', 'predict_stage1',
-           'load_stage1_params', 'stage1_main']
+__all__ = ['MAX_EPOCHS', 'MAX_BATCH', 'MAX_WORKERS', 'CURVES', 'Stage1Config', 'validate', 'Stage1Result', 'train_stage1',
+           'predict_stage1', 'load_stage1_params', 'stage1_main']
 
 # %% ../../nbs/42_train.stage1.ipynb #fcd3f574
 MAX_EPOCHS, MAX_BATCH, MAX_WORKERS = 100_000, 65_536, 256  # beyond these a config value is a typo, not a plan
@@ -88,134 +84,7 @@ class Stage1Config:
             f"cache_clips needs num_workers 0 (got {self.num_workers}): worker processes end with their epoch and take the cache with them")
         if self.device == "cpu" and self.amp == "bf16": raise ValueError("amp 'bf16' needs CUDA: use amp 'none' or 'auto' on CPU")
 
-# %% ../../nbs/42_train.stage1.ipynb #a2518272
-def lr_factor(step: int,   # optimiser steps taken
-              total: int,  # optimiser steps of the whole run
-              warmup: int, # warm-up steps
-              ) -> float:  # factor in [0, 1]
-    "Linear warm-up, then cosine decay to 0."
-    if step < warmup: return (step + 1) / (warmup + 1)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    "AdamW groups: trainable parameters with and without weight decay."
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad: continue
-        (no_decay if p.ndim <= 1 or n in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-# %% ../../nbs/42_train.stage1.ipynb #814abf30
-@dataclasses.dataclass(frozen=True)
-class DistInfo:
-    "This process's place among the training processes."
-    rank: int             # global rank
-    world: int            # number of processes
-    device: torch.device  # the device this process computes on
-
-    @property
-    def main(self) -> bool: return self.rank == 0
-
-
-@contextlib.contextmanager
-def distributed(device: str = "auto",  # 'auto', 'cpu' or 'cuda'
-                ) -> Iterator[DistInfo]:
-    "Rank, world size and device from torchrun's environment; joins a process group when WORLD_SIZE > 1."
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    dev = get_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    joined = world > 1 and not dist.is_initialized()
-    if joined: dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    try: yield DistInfo(rank, world, dev)
-    finally:
-        if joined: dist.destroy_process_group()
-
-
-def all_sum(values: Sequence[float], device: torch.device) -> list[float]:
-    "Sum `values` over all processes (float64)."
-    t = torch.tensor(list(values), dtype=torch.float64, device=device)
-    if dist.is_initialized(): dist.all_reduce(t)
-    return t.tolist()
-
-
-def barrier() -> None:
-    "Wait for every process (no-op in a single process)."
-    if dist.is_initialized(): dist.barrier()
-
-# %% ../../nbs/42_train.stage1.ipynb #13ba1e08
-def save_weights(model: torch.nn.Module, path: str | Path, meta: dict[str, Any]) -> Path:
-    "Write `model`'s state dict as safetensors with `meta` (JSON) in its metadata, atomically."
-    return write_weights(model, path, {"tfcovr": json.dumps(meta)})
-
-
-_META_KEYS = ("model", "num_frames", "size", "classes")
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    "The run description stored in a Stage-1 safetensors file; a file without a valid one raises naming it."
-    _, header = safetensors_header(path)
-    if "tfcovr" not in header: raise ModelFileError(f"{path}: not a Stage-1 checkpoint (no 'tfcovr' metadata)")
-    try: meta = json.loads(header["tfcovr"])
-    except json.JSONDecodeError as e: raise ModelFileError(f"{path}: its 'tfcovr' metadata is not JSON ({e.msg})") from None
-    if not isinstance(meta, dict): raise ModelFileError(f"{path}: its 'tfcovr' metadata is not a JSON object")
-    missing = [k for k in _META_KEYS if k not in meta]
-    if missing: raise ModelFileError(f"{path}: its 'tfcovr' metadata lacks {', '.join(map(repr, missing))}")
-    return meta
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    "A digest of every tensor of the state dict (names, shapes, dtypes and bytes)."
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        v = v.detach().cpu().contiguous()
-        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode()); h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def checkpoint_file(run_dir: str | Path, which: Literal["best", "last"] = "best") -> Path:
-    "The weights file of a Stage-1 run folder: `best.safetensors` or `last/model.safetensors`."
-    run_dir = Path(run_dir)
-    if run_dir.is_file() and run_dir.suffix == ".safetensors": return run_dir
-    p = run_dir / "best.safetensors" if which == "best" else run_dir / "last" / "model.safetensors"
-    if not p.is_file(): raise FileNotFoundError(f"{p}: no Stage-1 checkpoint ({which}) in {run_dir}")
-    return p
-
-
-def load_stage1(run_dir: str | Path,                       # a Stage-1 run folder (or one of its .safetensors files)
-                which: Literal["best", "last"] = "best",   # best validation epoch, or the last epoch
-                device: str | torch.device = "cpu",        # where to put the model
-                ) -> tuple[AIM, dict[str, Any]]:           # model in eval mode, run description
-    "Rebuild a trained Stage-1 classifier from its checkpoint alone."
-    path = checkpoint_file(run_dir, which)
-    meta = read_meta(path)
-    try: model = create_aim(meta["model"], num_frames=meta["num_frames"], num_classes=len(meta["classes"]))
-    except (ValueError, TypeError) as e: raise ModelFileError(f"{path}: its metadata describes no buildable model ({e})") from None
-    load_weights(model, path, meta["model"])
-    return model.to(device).eval(), {**meta, "path": str(path)}
-
 # %% ../../nbs/42_train.stage1.ipynb #4d652802
-def autocast(amp: str,              # 'bf16' or 'none' (as `resolve_amp` returns)
-             device: torch.device,  # the computing device
-             ) -> contextlib.AbstractContextManager:
-    "bf16 autocast on CUDA for amp 'bf16'; nothing otherwise."
-    if amp == "bf16": return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def resolve_amp(amp: str,              # 'auto', 'bf16' or 'none'
-                device: torch.device,  # the computing device
-                ) -> str:              # 'bf16' or 'none'
-    "The precision a run uses: 'auto' is bf16 on CUDA and none on CPU; bf16 without CUDA raises."
-    if amp == "auto": return "bf16" if device.type == "cuda" else "none"
-    if amp == "bf16" and device.type != "cuda": raise ValueError("amp 'bf16' needs a CUDA device (this run is on CPU)")
-    return amp
-
-
 def _train_epoch(net, loader, opt, sched, cfg: Stage1Config, amp: str, d: DistInfo, bar: bool) -> dict[str, float]:
     net.train()
     n, A = len(loader), cfg.grad_accum
@@ -239,8 +108,13 @@ def _train_epoch(net, loader, opt, sched, cfg: Stage1Config, amp: str, d: DistIn
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str = "none",
-             bar: bool = False) -> dict[str, float]:
+def validate(model: torch.nn.Module,     # the classifier
+             loader: DataLoader,          # this process's validation clips
+             device: torch.device,        # the computing device
+             amp: str = "none",           # 'bf16' or 'none'
+             bar: bool = False,           # tqdm bar
+            ) -> dict[str, float]:        # val_loss, val_acc
+
     "Mean cross-entropy and accuracy of `model` over `loader`, summed over all processes."
     model.eval()
     loss_sum = hits = count = 0.0
@@ -250,28 +124,11 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, a
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         hits += (logits.argmax(-1) == y).sum().item(); count += len(y)
     loss_sum, hits, count = all_sum([loss_sum, hits, count], device)
-    if count == 0: raise ValueError("evaluate: no clips")
+    if count == 0: raise ValueError("validate: no validation clips")
     return {"val_loss": loss_sum / count, "val_acc": hits / count}
 
 # %% ../../nbs/42_train.stage1.ipynb #db7d0d11
-def plot_history(history: pd.DataFrame,  # one row per epoch: epoch, train_loss, train_acc, val_loss, val_acc
-                 path: str | Path | None = None,  # PNG to write (atomically), or None
-                 title: str = "",
-                 ):
-    "Loss and accuracy curves of a Stage-1 run."
-    import matplotlib
-    if path is not None and "ipykernel" not in sys.modules: matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for k, ax in (("loss", a), ("acc", b)):
-        ax.plot(history.epoch, history[f"train_{k}"], "o-", label="train")
-        ax.plot(history.epoch, history[f"val_{k}"], "s-", label="val")
-        ax.set_xlabel("epoch"); ax.set_ylabel(k); ax.grid(alpha=0.3); ax.legend()
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=100)
-    return fig
+CURVES = {"loss": ("train_loss", "val_loss"), "accuracy": ("train_acc", "val_acc")}  # the panels of curves.png
 
 
 def _write_reports(out: Path, history: list[dict], best: dict, run: dict) -> None:
@@ -281,7 +138,7 @@ def _write_reports(out: Path, history: list[dict], best: dict, run: dict) -> Non
                                       "last_val_acc": history[-1]["val_acc"], "epochs_done": len(history),
                                       "num_classes": len(run["classes"])})
     import matplotlib.pyplot as plt
-    plt.close(plot_history(df, out / "curves.png", title=f"{run['model']} ({run['num_frames']} frames)"))
+    plt.close(plot_history(df, CURVES, out / "curves.png", title=f"{run['model']} ({run['num_frames']} frames)"))
 
 # %% ../../nbs/42_train.stage1.ipynb #75a85800
 @dataclasses.dataclass
@@ -300,15 +157,6 @@ class Stage1Result:
 _FILES = ("last", "best.safetensors", "best.json", "history.tsv", "metrics.json", "curves.png", "config.json")
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict): out += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb: out.append(f"{prefix}{k}: {str(va)[:60]} -> {str(vb)[:60]}")
-    return out
-
-
 def _remove(path: Path) -> None:
     if path.is_dir(): shutil.rmtree(path)
     elif path.exists(): path.unlink()
@@ -325,10 +173,9 @@ def _load_trainer(out: Path, run: dict, on_mismatch: str) -> dict | None:
     state = read_torch_state(f, ("epoch", "optimizer", "scheduler", "history", "best", "run"))
     try: old = json.loads(state["run"])
     except (TypeError, json.JSONDecodeError): raise ModelFileError(f"{f}: its 'run' entry is not the JSON run description") from None
-    if old == run: return state
-    if on_mismatch == "restart": return None
-    raise ValueError(f"{out}/last holds a checkpoint of another run ({'; '.join(_diff(old, run)[:6])}): "
-                     "pass resume=False (or use another out_dir) to start over")
+    if old != run and on_mismatch == "restart": return None
+    check_resume(old, run, out / "last")
+    return state
 
 
 def train_stage1(cfg: Stage1Config,                 # what to train, how long
@@ -394,7 +241,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
             train_ds.set_epoch(epoch); sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             row = {"epoch": epoch + 1, **_train_epoch(net, loader, opt, sched, cfg, amp, d, progress and d.main)}
-            row.update(evaluate(model, val_loader, d.device, amp, progress and d.main))
+            row.update(validate(model, val_loader, d.device, amp, progress and d.main))
             row.update(lr=cfg.lr * lr_factor((epoch + 1) * steps - 1, total, warmup))
             times.append(round(time.perf_counter() - t0, 2))  # logged, never saved: a rerun writes the same bytes
             history.append(row)
@@ -461,14 +308,9 @@ def stage1_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     ap.add_argument("--stop-after", type=int, default=None, help="end after this many epochs of this call")
     a = ap.parse_args(argv)
-    try:
-        cfg, seed = load_stage1_params(a.params, a.variant)
-        roots = args_roots(a)
-        res = train_stage1(cfg, pd.read_parquet(a.labels), roots, a.out or Path("models/stage1") / a.variant,
-                           seed, resume=not a.fresh, stop_after=a.stop_after)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tfcovr stage1: error: {e}", file=sys.stderr)
-        return 2
+    cfg, seed = load_stage1_params(a.params, a.variant)       # input errors reach `tfcovr.cli.main`: one line, exit 2
+    res = train_stage1(cfg, pd.read_parquet(a.labels), args_roots(a), a.out or Path("models/stage1") / a.variant,
+                       seed, resume=not a.fresh, stop_after=a.stop_after)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{res.out_dir}: {len(res.history)} epochs, best val acc {res.best_val_acc:.4f} (epoch {res.best_epoch})")
     return 0

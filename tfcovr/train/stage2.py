@@ -9,28 +9,29 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..core import DistInfo, atomic_dir, atomic_write, check_columns, check_device, derive_seed, distributed, rng, to_dict, write_json
+from ..eval.evaluate import build_gallery, evaluate_model, query_features
+from ..eval.metrics import DEFAULT_KS
 from ..models.composed import ArrayEmbeddings, ComposedModel, QueryMode, model_device, save_pretrained  # also re-exported
-from ..models.composed import CONFIG_FILE, ModelFileError, MAX_DIM, WEIGHTS_FILE, load_weights, read_json_object, read_torch_state, weights_dim, write_weights
-from ..core import atomic_dir, atomic_path, atomic_write, check_device, derive_seed, get_device, rng, to_dict, write_json
+from ..models.composed import CONFIG_FILE, MAX_DIM, WEIGHTS_FILE, weights_dim
 from ..models.fusion import FusionConfig, check_dims
+from ..models.io import ModelFileError, load_weights, read_json_object, read_torch_state, write_weights
 from ..models.losses import LossConfig, create_loss
-from ..eval.metrics import DEFAULT_KS, retrieval_metrics, retrieval_metrics_from_embeddings
 from ..models.text import TextConfig
-from ..data.triplets import unique_videos
+from .common import all_sum, check_resume, lr_factor, param_groups, plot_history
 
 # %% auto #0
-__all__ = ['Stage2Config', 'Stage2Run', 'make_batches', 'lr_factor', 'eval_gallery', 'encode_queries', 'evaluate', 'Stage2Result',
-           'plot_history', 'train_stage2']
+__all__ = ['Stage2Config', 'Stage2Run', 'make_batches', 'val_video_table', 'validate', 'Stage2Result', 'curves', 'train_stage2']
 
 # %% ../../nbs/43_train.stage2.ipynb #cfc14d3b
 @dataclasses.dataclass
@@ -51,7 +52,7 @@ class Stage2Config:
     val_every: int = 1                   # validate every this many epochs (and after the last one)
     ks: tuple[int, ...] = DEFAULT_KS     # cut-offs of validation mAP@K / R@K
     select: str = "mAP@10"               # validation metric that picks the best epoch
-    val_gt: Literal["label", "list"] = "label"  # GT: gallery videos of the target label, or the triplets' target_videos
+    val_gt: Literal["label"] = "label"   # GT: the gallery videos of the target label (the evaluator's, the only one)
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
 
     def __post_init__(self):
@@ -70,7 +71,7 @@ class Stage2Config:
         if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks): raise ValueError(f"ks must be distinct positive ints, got {self.ks}")
         if self.select not in [f"{m}@{k}" for m in ("mAP", "R") for k in self.ks]:
             raise ValueError(f"select must be mAP@K or R@K with K in ks {self.ks}, got {self.select!r}")
-        if self.val_gt not in ("label", "list"): raise ValueError(f"val_gt must be label or list, got {self.val_gt!r}")
+        if self.val_gt != "label": raise ValueError(f"val_gt must be label (validation scores like the evaluator), got {self.val_gt!r}")
 
 # %% ../../nbs/43_train.stage2.ipynb #354d8207
 @dataclasses.dataclass
@@ -101,74 +102,37 @@ def make_batches(n: int,                        # number of rows
     return [b for b in batches if len(b) > 1]
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    "Linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at step `total`."
-    if step < warmup: return (step + 1) / warmup
-    if total <= warmup: return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
 
 # %% ../../nbs/43_train.stage2.ipynb #cb4f893b
 _TRAIN_NEEDS = ("query_video", "target_video", "target_label_id", "modification")
-_EVAL_NEEDS = ("query_video", "target_label_id", "modification")
+_VAL_NEEDS = ("query_video", "target_label_id", "modification")
 
 
-def _need(df: pd.DataFrame, cols, what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing: raise ValueError(f"{what}: missing columns {missing} (has {list(df.columns)})")
-
-
-def eval_gallery(triplets: pd.DataFrame,              # val/test triplets (query_video, query_label_id, target_label_id, target_videos)
-                 videos: pd.DataFrame | None = None,  # the split's videos (video_id, label_id); None: from the triplets
-                ) -> pd.DataFrame:                    # video_id, label_id: each video once, sorted
-    "The evaluation gallery: every unique video of the split with its label."
+def val_video_table(triplets: pd.DataFrame,              # validation triplets (query_video, query_label_id, target_label_id, target_videos)
+               videos: pd.DataFrame | None = None,  # the split's videos (video_id, label_id); None: every video the triplets name
+              ) -> pd.DataFrame:                    # video_id, label_id, split ('val'): the evaluator's videos table
+    "The videos table of the validation split, as `tfcovr.eval.evaluate.build_gallery` reads it."
     if videos is None:
-        _need(triplets, ("query_video", "query_label_id", "target_label_id", "target_videos"), "triplets")
+        check_columns(triplets, ("query_video", "query_label_id", "target_label_id", "target_videos"), "val triplets")
         q = triplets[["query_video", "query_label_id"]].set_axis(["video_id", "label_id"], axis=1)
         t = triplets[["target_videos", "target_label_id"]].explode("target_videos").dropna()
         videos = pd.concat([q, t.set_axis(["video_id", "label_id"], axis=1)])
-    _need(videos, ("video_id", "label_id"), "videos")
-    return unique_videos(videos[["video_id", "label_id"]], " in the gallery")
+    check_columns(videos, ("video_id", "label_id"), "val videos")
+    return videos[["video_id", "label_id"]].astype(str).drop_duplicates().assign(split="val")
 
 
-@torch.no_grad()
-def encode_queries(model: ComposedModel, triplets: pd.DataFrame, embeddings, batch_size: int = 256) -> torch.Tensor:
-    "Composed query embeddings [Q, D] of `triplets` (query_video, modification), in eval mode."
-    model.eval()
-    dev = model_device(model)
-    ids, texts, out = triplets.query_video.astype(str).tolist(), triplets.modification.astype(str).tolist(), []
-    for i in range(0, len(ids), batch_size):
-        v = torch.from_numpy(np.asarray(embeddings.lookup(ids[i:i + batch_size]), np.float32)).to(dev)
-        out.append(model.encode_query(v, texts[i:i + batch_size]))
-    return torch.cat(out) if out else torch.zeros(0, model.video_dim, device=dev)
-
-
-@torch.no_grad()
-def evaluate(model: ComposedModel,               # the query model
-             triplets: pd.DataFrame,             # val/test triplets
-             embeddings,                         # Embeddings (ids, lookup) holding every query and gallery video
-             gallery: pd.DataFrame,              # `eval_gallery` output
-             ks: tuple[int, ...] = DEFAULT_KS,   # cut-offs
-             gt: Literal["label", "list"] = "label",  # ground truth: target label, or the target_videos lists
-             batch_size: int = 256,              # queries encoded at once
-            ) -> dict[str, float]:               # {"mAP@K": ..., "R@K": ...} in percent
-    "mAP@K / R@K of `model` on `triplets`, each query removed from its own ranking."
-    _need(triplets, _EVAL_NEEDS, "triplets")
-    q = encode_queries(model, triplets, embeddings, batch_size)                               # [Q, D]
-    g = model.encode_target(torch.from_numpy(np.asarray(embeddings.lookup(gallery.video_id.tolist()), np.float32)).to(q.device))
-    pos = {v: i for i, v in enumerate(gallery.video_id)}
-    qgi = np.array([pos.get(v, -1) for v in triplets.query_video.astype(str)], np.int64)       # [Q]
-    if gt == "label":
-        return retrieval_metrics_from_embeddings(q, g, triplets.target_label_id.astype(str).to_numpy(),
-                                                 gallery.label_id.to_numpy(), qgi, ks)
-    _need(triplets, ("target_videos",), "triplets")
-    rel = np.zeros((len(q), len(g)), bool)
-    for i, vids in enumerate(triplets.target_videos):
-        for v in vids:
-            if v not in pos: raise ValueError(f"query {i} ({triplets.query_video.iloc[i]}): ground truth {v!r} is not in the gallery")
-            rel[i, pos[v]] = True
-    excl = np.zeros_like(rel)
-    excl[np.flatnonzero(qgi >= 0), qgi[qgi >= 0]] = True
-    return retrieval_metrics(q @ g.T, rel, ks, excl)
+def validate(model: ComposedModel,             # the query model
+             triplets: pd.DataFrame,           # validation triplets: query_video, target_label_id, modification (query_id)
+             embeddings,                       # Embeddings holding every query and gallery video
+             videos: pd.DataFrame | None = None,  # the split's videos (video_id, label_id); None: every video the triplets name
+             ks: Sequence[int] = DEFAULT_KS,   # cut-offs
+            ) -> dict[str, float]:             # {"mAP@K": ..., "R@K": ...} in percent
+    "mAP@K / R@K of `model` on the validation triplets, scored by the evaluator of the results table."
+    check_columns(triplets, _VAL_NEEDS, "val triplets")
+    if "query_id" not in triplets.columns: triplets = triplets.assign(query_id=np.arange(len(triplets)))
+    gallery = build_gallery(val_video_table(triplets, videos), "val", embeddings, model.encode_target, model_device(model))
+    res = evaluate_model(query_features(model, triplets, embeddings), gallery, triplets, ks)
+    return {k: float(v) for k, v in res.items() if "@" in k}
 
 # %% ../../nbs/43_train.stage2.ipynb #9586d1d5
 class Stage2Result(NamedTuple):
@@ -179,34 +143,15 @@ class Stage2Result(NamedTuple):
     out_dir: Path               # folder with model/, last/, history and metrics
 
 
-def _dist_setup(device: str) -> tuple[int, int, bool]:
-    "(rank, world size, whether we created the process group) from torchrun's environment."
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1: return 0, 1, False
-    import torch.distributed as dist
-    if dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), False
-    dist.init_process_group("nccl" if device != "cpu" and torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _fingerprint(cfg: Stage2Config, seed: int, train: pd.DataFrame, val: pd.DataFrame, embeddings, world: int) -> str:
-    "Hash of everything that decides the weights: config (device aside), seed, data, embeddings, process count."
-    h = hashlib.sha256(json.dumps([{k: v for k, v in to_dict(cfg).items() if k != "device"}, seed, world]).encode())
-    for df, cols in ((train, _TRAIN_NEEDS), (val, _EVAL_NEEDS)):
-        h.update(pd.util.hash_pandas_object(df[list(cols)].astype(str), index=False).to_numpy().tobytes())
-    h.update(json.dumps(list(embeddings.ids)).encode())
+def _run_description(cfg: Stage2Config, seed: int, train: pd.DataFrame, val: pd.DataFrame, embeddings, world: int) -> dict[str, Any]:
+    "Everything that decides the weights: config (device aside), seed, process count, digests of the data and the embeddings."
+    def digest(df: pd.DataFrame, cols) -> str:
+        return hashlib.sha256(pd.util.hash_pandas_object(df[list(cols)].astype(str), index=False).to_numpy().tobytes()).hexdigest()[:16]
+    h = hashlib.sha256(json.dumps(list(embeddings.ids)).encode())
     key = (getattr(embeddings, "meta", None) or {}).get("key")          # an embedding cache is named by its content
     h.update(key.encode() if key else np.ascontiguousarray(embeddings.emb).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _optimizer(model: nn.Module, cfg: Stage2Config) -> torch.optim.AdamW | None:
-    "AdamW; weight decay on matrices only."
-    ps = [p for p in model.parameters() if p.requires_grad]
-    if not ps: return None
-    groups = [{"params": [p for p in ps if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in ps if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    return {"config": {k: v for k, v in to_dict(cfg).items() if k != "device"}, "seed": seed, "world": world,
+            "data": {"train": digest(train, _TRAIN_NEEDS), "val": digest(val, _VAL_NEEDS), "embeddings": h.hexdigest()[:16]}}
 
 
 def _save_last(folder: Path, model: ComposedModel, opt, state: dict) -> None:
@@ -218,14 +163,12 @@ def _save_last(folder: Path, model: ComposedModel, opt, state: dict) -> None:
         write_json(tmp / "state.json", state)
 
 
-_STATE_KEYS = ("fingerprint", "epoch", "step", "best", "history")
+_STATE_KEYS = ("run", "epoch", "step", "best", "history")
 
 
-def _load_last(folder: Path, model: ComposedModel, opt, fingerprint: str) -> dict:
+def _load_last(folder: Path, model: ComposedModel, opt, run: dict) -> dict:
     state = read_json_object(folder / "state.json", _STATE_KEYS)
-    if state.get("fingerprint") != fingerprint:
-        raise ValueError(f"{folder} was written by a run with another configuration, seed or data "
-                         f"({state.get('fingerprint')} vs {fingerprint}); delete it or pass resume=False")
+    check_resume(state["run"], run, folder)
     load_weights(model, folder / WEIGHTS_FILE)
     if opt is not None:
         try: opt.load_state_dict(read_torch_state(folder / "optimizer.pt"))
@@ -234,18 +177,9 @@ def _load_last(folder: Path, model: ComposedModel, opt, fingerprint: str) -> dic
     return state
 
 # %% ../../nbs/43_train.stage2.ipynb #53dd2349
-def plot_history(history: list[dict], select: str = "mAP@10", path: str | Path | None = None):
-    "Training loss and validation `select` per epoch (two panels); saved as PNG to `path` when given."
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ep = [r["epoch"] for r in history if "loss" in r]
-    a.plot(ep, [r["loss"] for r in history if "loss" in r], marker="o"); a.set(xlabel="epoch", ylabel="train loss")
-    ev = [r for r in history if select in r]
-    b.plot([r["epoch"] for r in ev], [r[select] for r in ev], marker="o", color="C1"); b.set(xlabel="epoch", ylabel=f"val {select} (%)")
-    fig.tight_layout()
-    if path is not None:
-        with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=100)
-    return fig
+def curves(select: str) -> dict[str, list[str]]:
+    "The panels of a Stage-2 run's `curves.png`: training loss, and the validation metric `select`."
+    return {"train loss": ["loss"], f"val {select} (%)": [select]}
 
 
 def _write_history(out_dir: Path, history: list[dict], select: str, plot: bool = False) -> None:
@@ -254,7 +188,7 @@ def _write_history(out_dir: Path, history: list[dict], select: str, plot: bool =
     with atomic_write(out_dir / "history.tsv") as f: pd.DataFrame(history).to_csv(f, sep="\t", index=False)
     if plot:
         import matplotlib.pyplot as plt
-        plt.close(plot_history(history, select, out_dir / "curves.png"))
+        plt.close(plot_history(history, curves(select), out_dir / "curves.png"))
 
 # %% ../../nbs/43_train.stage2.ipynb #692d8467
 def train_stage2(cfg: Stage2Config,               # the `stage2` section
@@ -273,44 +207,41 @@ def train_stage2(cfg: Stage2Config,               # the `stage2` section
     "Train the composed query model with HN-NCE, validate every `val_every` epochs, keep the best and the last epoch."
     out_dir = Path(out_dir)
     if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
-    rank, world, own = _dist_setup(cfg.device)
-    try:
+    with distributed(cfg.device) as d:
         return _train(cfg, train_triplets, val_triplets, embeddings, out_dir, seed, resume, val_videos, stop_after,
-                      on_mismatch, progress and rank == 0, rank, world, log_every if rank == 0 else 0)
-    finally:
-        if own: torch.distributed.destroy_process_group()
+                      on_mismatch, progress and d.main, d, log_every if d.main else 0)
 
 
-def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_after, on_mismatch, progress, rank, world, log_every):
-    _need(train, _TRAIN_NEEDS, "train triplets"); _need(val, _EVAL_NEEDS, "val triplets")
+def _train(cfg, train, val, embeddings, out_dir, seed, resume, videos, stop_after, on_mismatch, progress, d: DistInfo, log_every):
+    check_columns(train, _TRAIN_NEEDS, "train triplets"); check_columns(val, _VAL_NEEDS, "val triplets")
     if on_mismatch not in ("error", "restart"): raise ValueError(f"on_mismatch must be error or restart, got {on_mismatch!r}")
-    dev = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}") if world > 1 and cfg.device in ("auto", "cuda") \
-        and torch.cuda.is_available() else get_device(cfg.device)
+    rank, world, dev = d.rank, d.world, d.device
     last = out_dir / "last"
-    fp = _fingerprint(cfg, seed, train, val, embeddings, world)
+    run = _run_description(cfg, seed, train, val, embeddings, world)
     has_last = resume and (last / "state.json").is_file()
-    if has_last and on_mismatch == "restart" and read_json_object(last / "state.json", _STATE_KEYS)["fingerprint"] != fp:
+    if has_last and on_mismatch == "restart" and read_json_object(last / "state.json").get("run") != run:
         has_last = False                                     # another configuration or data: start afresh
     if not has_last and rank == 0: (out_dir / "metrics.json").unlink(missing_ok=True)
     dim = check_dims(weights_dim(last / WEIGHTS_FILE) if has_last else None, cfg.video_dim, embeddings.dim)
     torch.manual_seed(derive_seed(seed, "stage2", "init"))
     model = ComposedModel(dim, cfg.query, cfg.text, cfg.fusion).to(dev)
-    gallery = eval_gallery(val, val_videos)
+    val_table = val_video_table(val, videos)                     # the evaluator's videos table of the split
     qv = torch.from_numpy(np.asarray(embeddings.lookup(train.query_video.astype(str).tolist()), np.float32)).to(dev)   # [N, D]
     tv = torch.from_numpy(np.asarray(embeddings.lookup(train.target_video.astype(str).tolist()), np.float32)).to(dev)  # [N, D]
     texts = train.modification.astype(str).tolist()
     labels = train.target_label_id.astype(str).to_numpy()
     codes = torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64)).to(dev)                      # [N]
-    opt = _optimizer(model, cfg) if cfg.query != "video" else None
+    groups = param_groups(model, cfg.weight_decay) if cfg.query != "video" else []
+    opt = torch.optim.AdamW(groups, lr=cfg.lr) if groups else None
     batches_of = lambda e: make_batches(len(train), cfg.batch_size, rng(seed, "stage2", "epoch", e),
                                         labels if cfg.unique_targets_per_batch else None)
     per_rank = len(batches_of(0)) // world
     if opt is not None and per_rank < 1: raise ValueError(f"{len(train)} train triplets make no batch of >= 2 rows for {world} process(es)")
     total = cfg.epochs * per_rank
     warmup = cfg.warmup_steps or round(cfg.warmup_fraction * total)
-    state = _load_last(last, model, opt, fp) if has_last else {"fingerprint": fp, "epoch": 0, "step": 0, "best": None, "history": []}
+    state = _load_last(last, model, opt, run) if has_last else {"run": run, "epoch": 0, "step": 0, "best": None, "history": []}
     model.cache_texts(texts + val.modification.astype(str).tolist(), progress=progress)
-    evaluate_now = lambda: evaluate(model, val, embeddings, gallery, cfg.ks, cfg.val_gt)
+    evaluate_now = lambda: validate(model, val, embeddings, val_table, cfg.ks)
     say = (lambda line: print(f"stage2 {out_dir.name}: {line}", flush=True)) if log_every else (lambda line: None)
     say(f"epochs {state['epoch'] + 1}..{cfg.epochs}, {len(train)} train triplets in {per_rank} batches, {len(val)} val queries, "
         f"{world} process(es) on {dev.type}" if opt is not None and state["epoch"] < cfg.epochs else
@@ -340,7 +271,7 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_
             opt.step()
             state["step"] += 1
             tot += loss.item()
-        row = {"epoch": epoch + 1, "step": state["step"], "lr": lr, "loss": _mean_over(tot, len(batches), world, dev)}
+        row = {"epoch": epoch + 1, "step": state["step"], "lr": lr, "loss": _mean_over(tot, len(batches), dev)}
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
             metrics = evaluate_now()
             row.update(metrics)
@@ -353,7 +284,7 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_
         if (epoch + 1) % max(log_every, 1) == 0 or epoch + 1 == cfg.epochs:
             val_part = f" val {cfg.select} {row[cfg.select]:.2f}" if cfg.select in row else ""
             say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f}{val_part}")
-        if world > 1: torch.distributed.barrier()
+        if world > 1: dist.barrier()
         if stop_after is not None and epoch + 1 >= stop_after: break
     if rank == 0 and state["history"]: _write_history(out_dir, state["history"], cfg.select, plot=True)
     if rank == 0 and state["epoch"] == cfg.epochs:
@@ -364,18 +295,13 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, val_videos, stop_
 
 def _average_grads(params: list[torch.Tensor], world: int) -> None:
     "Average gradients across processes (parameters without a gradient are skipped on every rank alike)."
-    import torch.distributed as dist
     for p in params:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= world
 
 
-def _mean_over(total: float, n: int, world: int, dev: torch.device) -> float:
+def _mean_over(total: float, n: int, dev: torch.device) -> float:
     "Mean of per-batch losses over all processes."
-    if world > 1:
-        import torch.distributed as dist
-        t = torch.tensor([total, float(n)], dtype=torch.float64, device=dev)
-        dist.all_reduce(t)
-        total, n = t.tolist()
+    total, n = all_sum([total, n], dev)
     return total / max(n, 1)
