@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..core import DistInfo, atomic_dir, atomic_write, check_columns, check_device, derive_seed, distributed, rng, to_dict, write_json
-from ..eval.evaluate import build_gallery, evaluate_model, query_features
+from ..eval.evaluate import STAGE2_MODEL, build_gallery, evaluate_model, query_features
 from ..eval.metrics import DEFAULT_KS
 from ..models.composed import ArrayEmbeddings, ComposedModel, QueryMode, model_device, save_pretrained  # also re-exported
 from ..models.composed import CONFIG_FILE, MAX_DIM, WEIGHTS_FILE, weights_dim
@@ -249,7 +249,7 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, videos, stop_afte
     if opt is None:                                          # video-only: nothing to train
         best = {"epoch": 0, **evaluate_now()}
         state.update(epoch=cfg.epochs, best=best, history=[])
-        if rank == 0: save_pretrained(model, out_dir / "model"); _save_last(last, model, None, state)
+        if rank == 0: save_pretrained(model, out_dir / STAGE2_MODEL); _save_last(last, model, None, state)
     loss_fn = create_loss(cfg.loss.name, temperature=cfg.loss.temperature, alpha=cfg.loss.alpha, beta=cfg.loss.beta)
     params = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(state["epoch"], cfg.epochs):
@@ -277,7 +277,7 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, videos, stop_afte
             row.update(metrics)
             if state["best"] is None or metrics[cfg.select] > state["best"][cfg.select]:
                 state["best"] = {"epoch": epoch + 1, **metrics}
-                if rank == 0: save_pretrained(model, out_dir / "model")
+                if rank == 0: save_pretrained(model, out_dir / STAGE2_MODEL)
         state["history"].append(row); state["epoch"] = epoch + 1
         if rank == 0:
             _save_last(last, model, opt, state); _write_history(out_dir, state["history"], cfg.select)
