@@ -13,22 +13,13 @@ import pandas as pd
 import pytest
 
 from tfcovr.data.attributes import Attributes, add_attributes, diff_attributes, is_complete, parse_label
-from tfcovr.core import from_dict
+from tfcovr.data.fetch import real_labels_config
 from tfcovr.data.labels import (FINEDIVING_ANNOTATION, FINEDIVING_TABLE, LabelsConfig, UnsafePickleError, label_table,
                            load_finediving, load_finegym, load_labels, safe_load_pickle)
 
 
-def real_config() -> LabelsConfig:
-    "The real annotations, with paths relative to the shared data folder (as they would be under data/raw)."
-    return from_dict(LabelsConfig, {
-        "datasets": ["finegym", "finediving"],
-        "finegym": {"categories": "finegym/gym288_categories.txt", "set_categories": "finegym/set_categories.txt",
-                    "splits": {"train": "finegym/gym288_train_element_v1.1.txt", "val": "finegym/gym288_val_element.txt"}},
-        "finediving": {"annotation_dir": "finediving", "splits": ["train", "test"]}}, "labels")
-
-
 @functools.lru_cache(maxsize=1)
-def _real_clips(root: Path) -> pd.DataFrame: return load_labels(real_config(), root)
+def _real_clips(root: Path) -> pd.DataFrame: return load_labels(real_labels_config(), root)
 
 
 @pytest.fixture
