@@ -5,11 +5,10 @@
 # %% ../nbs/90_pipeline.ipynb #3ed680fe
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .core import ParamsError, load_params, to_dict
+from .core import ParamsError, load_params
 from .eval.embed import EmbedConfig
 from .eval.evaluate import EvaluateConfig, table_rows
 from .data.labels import DataConfig

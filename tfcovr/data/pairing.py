@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .attributes import Attributes, diff_attributes, is_complete, parse_label
-from ..core import atomic_path, check_columns, check_device, get_device, save_figure
+from ..core import check_columns, check_device, get_device, save_figure
 from .labels import label_table
 from .textenc import embed_texts
 

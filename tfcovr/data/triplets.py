@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ..core import atomic_dir, atomic_path, atomic_write, check_columns, rng, save_figure
+from ..core import atomic_dir, atomic_write, check_columns, rng, save_figure
 
 # %% auto #0
 __all__ = ['SPLITS', 'EVAL_SPLITS', 'PAPER', 'CLIP_COLUMNS', 'VIDEO_COLUMNS', 'EVAL_COLUMNS', 'TRAIN_COLUMNS', 'MOD_COLUMNS',
