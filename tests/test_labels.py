@@ -2,6 +2,7 @@
 the error cases on small files, and the `labels` stage run through papermill on a tiny benchmark."""
 import collections
 import functools
+import importlib.resources
 import os
 import pickle
 import subprocess
@@ -14,8 +15,9 @@ import pytest
 
 from tfcovr.data.attributes import Attributes, add_attributes, diff_attributes, is_complete, parse_label
 from tfcovr.data.fetch import real_labels_config
-from tfcovr.data.labels import (FINEDIVING_ANNOTATION, FINEDIVING_TABLE, LabelsConfig, UnsafePickleError, label_table,
-                           load_finediving, load_finegym, load_labels, safe_load_pickle)
+from tfcovr.data.labels import (FINEDIVING_ANNOTATION, FINEDIVING_TABLE, PAPER_CLASSES, LabelsConfig, UnsafePickleError,
+                                label_table, load_finediving, load_finegym, load_labels, paper_label_ids, read_label_ids,
+                                safe_load_pickle)
 
 
 @functools.lru_cache(maxsize=1)
@@ -139,6 +141,61 @@ def test_finediving_refuses_unsafe_split(tmp_path):
     write_diving(tmp_path, {"train": collections.OrderedDict()})
     with pytest.raises(UnsafePickleError, match=r"train_split\.pkl"):
         load_finediving(tmp_path)
+
+
+# ---- the published model's classes ---------------------------------------------------------------------------
+
+MISSING_GYM = [24, 26, 39, 50, 64, 72, 74, 75, 79, 80, 87, 96, 130, 131, 132, 149, 157, 164, 190, *range(199, 207), 261, 265]
+MISSING_DIVES = ["201a", "201b", "201c", "301b", "305b"]
+
+
+def _shipped_rows() -> list[list[str]]:
+    "The data lines of the shipped class list, split at tabs."
+    text = (importlib.resources.files("tfcovr.data") / PAPER_CLASSES).read_text(encoding="utf-8")
+    return [l.split("\t") for l in text.splitlines() if l.strip() and not l.startswith("#")]
+
+
+def test_paper_label_ids():
+    ids = paper_label_ids()
+    assert len(ids) == 306 and len(set(ids)) == 306
+    assert collections.Counter(i.split("/")[0] for i in ids) == {"finegym": 259, "finediving": 47}
+    assert ids[:259] == [i for i in ids if i.startswith("finegym/")]                # gym288 first, as in label2index
+    gym = {int(i.split("/")[1]) for i in ids if i.startswith("finegym/")}
+    assert gym == set(range(288)) - set(MISSING_GYM)
+    assert not {f"finediving/{d}" for d in MISSING_DIVES} & set(ids)
+    rows = _shipped_rows()
+    assert len(rows) == 306
+    assert ids[0] == f"{rows[0][1]}/{rows[0][2]}" == "finegym/0"
+    assert ids[-1] == f"{rows[-1][1]}/{rows[-1][2]}" == "finediving/5233d"
+    assert [int(r[0]) for r in rows] == list(range(306))
+
+
+def test_paper_classes_have_provenance():
+    text = (importlib.resources.files("tfcovr.data") / PAPER_CLASSES).read_text(encoding="utf-8")
+    header = "\n".join(l for l in text.splitlines() if l.startswith("#"))
+    assert "TF-CoVR" in header and "AIM_Embeddings/src/data/data.py" in header
+
+
+def test_paper_label_ids_are_real_labels(real_clips):
+    ids = paper_label_ids()
+    assert set(ids) <= set(real_clips.label_id)
+    assert set(real_clips.label_id) - set(ids) == ({f"finegym/{c}" for c in MISSING_GYM} | {f"finediving/{d}" for d in MISSING_DIVES})
+    assert real_clips[real_clips.label_id.isin(ids)].label_id.nunique() == 306
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("0\tfinegym\t3\n2\tfinegym\t4\n", r"list\.txt:2: index '2', expected 1"),
+    ("0\tfinegym\t3\n1\tfinegym\t3\n", r"list\.txt:2: class finegym/3 listed twice \(first on line 1\)"),
+    ("0\tfinediving\t10x\n", r"list\.txt:1: '10x' is not a FINA dive number"),
+    ("0\tucf101\t3\n", r"list\.txt:1: unknown dataset 'ucf101'"),
+    ("0\tfinegym\t-3\n", r"list\.txt:1: '-3' is not a FineGym Clabel"),
+    ("0,finegym,3\n", r"list\.txt:1: malformed class line"),
+    ("# nothing\n", r"list\.txt: no classes"),
+])
+def test_read_label_ids_errors_name_file_and_line(tmp_path, text, msg):
+    (tmp_path / "list.txt").write_text(text)
+    with pytest.raises(ValueError, match=msg):
+        read_label_ids(tmp_path / "list.txt")
 
 
 # ---- attributes ---------------------------------------------------------------------------------------------

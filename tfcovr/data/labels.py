@@ -12,6 +12,7 @@ import pickle
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +23,10 @@ from ..core import load_params
 
 # %% auto #0
 __all__ = ['GYM_COLUMNS', 'DIVING_COLUMNS', 'CORE_COLUMNS', 'FINEDIVING_ANNOTATION', 'FINEDIVING_TABLE', 'SPLITS', 'SOURCES',
-           'UnsafePickleError', 'safe_load_pickle', 'read_finegym_categories', 'read_finegym_sets', 'load_finegym',
-           'DiveNumber', 'parse_dive_number', 'describe_sub_actions', 'dive_label_texts', 'diving_event',
-           'load_finediving', 'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels', 'DataConfig',
-           'params_roots', 'label_table']
+           'PAPER_CLASSES', 'UnsafePickleError', 'safe_load_pickle', 'read_finegym_categories', 'read_finegym_sets',
+           'load_finegym', 'DiveNumber', 'parse_dive_number', 'describe_sub_actions', 'dive_label_texts',
+           'diving_event', 'load_finediving', 'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels',
+           'DataConfig', 'params_roots', 'label_table', 'read_label_ids', 'paper_label_ids']
 
 # %% ../../nbs/13_data.labels.ipynb #6e2bc96f
 class UnsafePickleError(pickle.UnpicklingError):
@@ -456,3 +457,37 @@ def label_table(clips: pd.DataFrame,  # a clip table from `load_labels` (or `loa
     out = out.join(counts[[s for s in SPLITS if s in counts.columns]].add_prefix("n_"))
     out["n_clips"], out["n_sources"] = g.size(), g.source_video.nunique()
     return out.reset_index()
+
+# %% ../../nbs/13_data.labels.ipynb #6a9fb533
+PAPER_CLASSES = "tfcovr_classes.txt"  # the published Stage-1 model's classes, shipped in tfcovr/data
+_GYM_CODE_RE = re.compile(r"[0-9]+")
+
+
+def read_label_ids(path: str | Path,  # a class list: `index<TAB>dataset<TAB>label` lines; `#` starts a comment line
+                   ) -> list[str]:    # label ids in index order, e.g. ['finegym/0', ..., 'finediving/107b']
+    "The label ids of a class list, checked: indices 0, 1, 2, ... in order, known datasets, valid codes, no repeats."
+    path, out, first = Path(path), [], {}
+    for i, line in _text_lines(path):
+        if line.lstrip().startswith("#"): continue
+        parts = [p.strip() for p in line.split("\t")]
+        if len(parts) != 3: raise ValueError(f"{path}:{i}: malformed class line {line!r} (expected 'index<TAB>dataset<TAB>label')")
+        idx, ds, code = parts
+        if idx != str(len(out)): raise ValueError(f"{path}:{i}: index {idx!r}, expected {len(out)} (indices count up from 0)")
+        if ds == "finegym":
+            if not _GYM_CODE_RE.fullmatch(code): raise ValueError(f"{path}:{i}: {code!r} is not a FineGym Clabel (a number)")
+            code = str(int(code))
+        elif ds == "finediving":
+            try: code = parse_dive_number(code).code
+            except ValueError as e: raise ValueError(f"{path}:{i}: {e}") from None
+        else: raise ValueError(f"{path}:{i}: unknown dataset {ds!r} (known: finegym, finediving)")
+        lid = f"{ds}/{code}"
+        if lid in first: raise ValueError(f"{path}:{i}: class {lid} listed twice (first on line {first[lid]})")
+        first[lid] = i
+        out.append(lid)
+    if not out: raise ValueError(f"{path}: no classes")
+    return out
+
+
+def paper_label_ids() -> list[str]:  # 306 label ids: 259 'finegym/<Clabel>' then 47 'finediving/<dive number>'
+    "The classes of the published TF-CoVR Stage-1 model as label ids, in its `label2index` order."
+    with as_file(files("tfcovr.data") / PAPER_CLASSES) as p: return read_label_ids(p)
