@@ -78,12 +78,38 @@ def recall_at_k(
     return float(100.0 * h[:, :k].any(1).mean())
 
 # %% ../../nbs/31_eval.metrics.ipynb #25382a7c
-_MISS_ROWS = 64  # rows per group when counting the rank of a GT beyond the top K
+_MISS_ROWS = 256  # rows per group when counting the rank of a GT beyond the top K
+_MAX_SHIFT = 16   # excluded items per row that the selection steps over without a masked copy of the chunk
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:
     "Row-wise number of True in a [q, G] bool mask, int64 (summing a uint8 view is faster than summing bools)."
     return mask.view(torch.uint8).sum(1, dtype=torch.int32).long()
+
+
+def _candidates(
+    s: torch.Tensor,  # [q, G] float scores
+    need: int,        # how many of its best items each row must keep
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:  # scores [q, c], gallery indices [q, c], overflow [q]; None: gallery too small
+    "Per row, the items scoring at least its `need`-th largest block maximum (a superset of its top `need`), packed into `c = 4 * need` columns."
+    q, G = s.shape
+    B = min(64, G // (4 * need))                                     # block width: at least 4 * need blocks
+    if B < 4: return None
+    nb = G // B
+    bm = s[:, :nb * B].reshape(q, nb, B).amax(2)                     # [q, nb] block maxima (a view of s, no copy)
+    t = bm.topk(need, dim=1).values[:, -1:]                          # `need` blocks hold an item >= t, so
+    mask = s >= t                                                    # at least `need` items per row pass
+    n = _count(mask)
+    cap = 4 * need
+    rows, cols = mask.nonzero(as_tuple=True)                         # row-major: each row's items in index order
+    pos = torch.arange(len(rows), device=s.device) - (n.cumsum(0) - n)[rows]  # place within the row
+    keep = pos < cap
+    rows, cols, pos = rows[keep], cols[keep], pos[keep]
+    vals = s.new_full((q, cap), float("-inf"))                       # padding: -inf, never selected ahead of an item
+    vals[rows, pos] = s[rows, cols]
+    idx = torch.zeros((q, cap), dtype=torch.long, device=s.device)
+    idx[rows, pos] = cols
+    return vals, idx, n > cap
 
 
 def _rank_chunk(
@@ -92,51 +118,85 @@ def _rank_chunk(
     excl: torch.Tensor | None, # [q, G] bool mask or [q] int gallery index (-1: none) of excluded items, or None
     kmax: int,                 # how many top ranks to return
     offset: int = 0,           # index of the chunk's first query, for error messages
-    owned: bool = False,       # True: `sim` and `rel` may be modified in place
+    owned: bool = False,       # True: `sim` may be modified in place
     n_rel: torch.Tensor | None = None,  # [q] |G_q| when already known (from labels), else counted
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # top [q, kmax], hits [q, kmax], |G_q| [q], first-hit rank [q]
-    "Stable top-`kmax` ranking of a chunk of queries: gallery indices (-1 past the end), hits, |G_q| and first-hit rank."
+    first_hit: bool = True,    # also compute the rank of the first GT over the full ranking (a row pass per query missing the top K)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:  # top [q, kmax], hits [q, kmax], |G_q| [q], first-hit rank [q] or None
+    "Stable top-`kmax` ranking of a chunk of queries: gallery indices (-1 past the end), hits, |G_q| and, if asked, first-hit rank."
     q, G = sim.shape
+    neg, dev = float("-inf"), sim.device
     lo = sim.amin(1)                                                 # [q]; NaN and -inf show here
-    s, neg = sim, float("-inf")
+    s, shift = sim, 0                                                # shift: excluded items per row left in s
     if excl is not None and excl.dtype == torch.bool:
-        s = s.masked_fill_(excl, neg) if owned else s.masked_fill(excl, neg)
-        rel = rel & ~excl
+        if n_rel is None: n_rel = (rel.view(torch.uint8) > excl.view(torch.uint8)).sum(1, dtype=torch.int32).long()
+        if owned: s = s.masked_fill_(excl, neg)
+        else:
+            shift = int(_count(excl).max())
+            if shift > _MAX_SHIFT: s, shift = s.masked_fill(excl, neg), 0
+
+        def excluded(r: torch.Tensor, i: torch.Tensor) -> torch.Tensor: return excl[r].gather(1, i)
+        def masked(r: torch.Tensor) -> torch.Tensor: return s[r].masked_fill_(excl[r], neg)
     elif excl is not None:
-        rows = (excl >= 0).nonzero().flatten()
-        if not owned: s, rel = s.clone(), rel.clone()
-        s[rows, excl[rows]] = neg
-        rel[rows, excl[rows]] = False
+        own = (excl >= 0).nonzero().flatten()
+        if n_rel is None:
+            n_rel = _count(rel)
+            n_rel[own] -= rel[own, excl[own]].long()
+        if owned: s[own, excl[own]] = neg
+        else: shift = 1
+
+        def excluded(r: torch.Tensor, i: torch.Tensor) -> torch.Tensor: return i == excl[r, None]
+        def masked(r: torch.Tensor) -> torch.Tensor:
+            m, e = s[r], excl[r]                                     # s[r] is a copy
+            o = (e >= 0).nonzero().flatten()
+            m[o, e[o]] = neg
+            return m
+    else:
+        if n_rel is None: n_rel = _count(rel)
+        excluded = None
+        def masked(r: torch.Tensor) -> torch.Tensor: return s[r]
     k = min(kmax, G)
-    vals, top = s.topk(min(k + 1, G), dim=1)                         # [q, k(+1)] sorted; ties in no defined order
+    kk = min(k + 1, G)
+    cand = _candidates(s, kk + shift)
+    if cand is None:                                                 # small gallery: topk over the rows
+        redo = torch.arange(q, device=dev)
+        vals, top = s.new_empty((q, kk)), torch.empty((q, kk), dtype=torch.long, device=dev)
+    else:
+        cv, ci, over = cand
+        if excluded is not None: cv.masked_fill_(excluded(torch.arange(q, device=dev), ci), neg)
+        vals, j = cv.topk(kk, dim=1)                                 # [q, k(+1)] sorted; ties in no defined order
+        top = ci.gather(1, j)
+        redo = (over | (vals[:, -1] == neg)).nonzero().flatten()     # too many candidates (ties), or too few left
+    if len(redo): vals[redo], top[redo] = masked(redo).topk(kk, dim=1)
     bad = (~torch.isfinite(lo) | (vals[:, 0] == float("inf"))).nonzero().flatten()  # +inf shows at the top
     if len(bad): raise ValueError(f"query {offset + int(bad[0])}: similarity is not finite (NaN or inf)")
-    if n_rel is None: n_rel = _count(rel)                            # [q]
     none = (n_rel == 0).nonzero().flatten()
     if len(none):
         raise ValueError(f"query {offset + int(none[0])} has no relevant, non-excluded gallery item "
                          f"({len(none)} such queries in this chunk)")
     cut = (torch.isfinite(vals[:, k - 1]) & (vals[:, k] == vals[:, k - 1]) if k < G  # the K-th score is shared
-           else torch.zeros(q, dtype=torch.bool, device=s.device))                   # by an item past the cut
+           else torch.zeros(q, dtype=torch.bool, device=dev))                       # by an item past the cut
     vals, top = vals[:, :k], top[:, :k]
     top, perm = top.sort(dim=1)                                      # index ascending ...
     vals, order = vals.gather(1, perm).sort(dim=1, descending=True, stable=True)  # ... then score descending
     top = top.gather(1, order)
     if bool(cut.any()):
         rows = cut.nonzero().flatten()
-        top[rows] = s[rows].sort(dim=1, descending=True, stable=True).indices[:, :k]
-    hits = rel.gather(1, top)                                        # [q, k]
-    top = top.masked_fill(s.gather(1, top) == neg, -1)               # excluded: past the end of the ranking
+        v, i = masked(rows).sort(dim=1, descending=True, stable=True)
+        vals[rows], top[rows] = v[:, :k], i[:, :k]
+    past = vals == neg                                               # excluded: past the end of the ranking
+    top = top.masked_fill(past, -1)
+    hits = rel.gather(1, top.clamp(min=0)) & ~past                   # [q, k]
     if k < kmax:                                                     # gallery shorter than kmax
         top = torch.cat([top, top.new_full((q, kmax - k), -1)], 1)
         hits = torch.cat([hits, hits.new_zeros((q, kmax - k))], 1)
+    if not first_hit: return top, hits, n_rel, None
     found = hits.any(1)
     first = torch.where(found, hits.byte().argmax(1) + 1, 0)         # [q]; argmax = first True
     miss = (~found).nonzero().flatten()
-    idx = torch.arange(G, device=s.device)
+    idx = torch.arange(G, device=dev)
     for j in range(0, len(miss), _MISS_ROWS):
         r = miss[j:j + _MISS_ROWS]
-        sm = s[r]                                                    # [m, G]
+        sm = masked(r)                                               # [m, G], excluded at -inf
         best = torch.where(rel[r], sm, neg).argmax(1, keepdim=True)  # [m, 1] first maximal = lowest index
         sb = sm.gather(1, best)
         first[r] = 1 + _count(sm > sb)                               # excluded (-inf) never ahead
@@ -145,19 +205,22 @@ def _rank_chunk(
     return top, hits, n_rel, first
 
 # %% ../../nbs/31_eval.metrics.ipynb #c232f4e9
-def _collect(chunks: Iterator[tuple], n_queries: int, ks: tuple[int, ...], owned: bool = False) -> dict[str, np.ndarray]:
+def _collect(chunks: Iterator[tuple], n_queries: int, ks: tuple[int, ...], owned: bool = False,
+             first_hit: bool = True) -> dict[str, np.ndarray]:
     "Run `_rank_chunk` over `(offset, sim, rel, excl, n_rel or None)` chunks and gather the per-query outputs."
     kmax = max(ks)
     top = np.empty((n_queries, kmax), np.int64)
     hits = np.empty((n_queries, kmax), bool)
     n_rel = np.empty(n_queries, np.int64)
-    first = np.empty(n_queries, np.int64)
+    first = np.empty(n_queries, np.int64) if first_hit else None
     for off, sim, rel, excl, n_known in chunks:
-        t, h, n, f = _rank_chunk(sim, rel, excl, kmax, off, owned, n_known)
+        t, h, n, f = _rank_chunk(sim, rel, excl, kmax, off, owned, n_known, first_hit)
         sl = slice(off, off + sim.shape[0])
-        top[sl], hits[sl], n_rel[sl], first[sl] = _np(t), _np(h), _np(n), _np(f)
+        top[sl], hits[sl], n_rel[sl] = _np(t), _np(h), _np(n)
+        if first_hit: first[sl] = _np(f)
     out = {f"AP@{k}": ap_at_k(hits, n_rel, k) for k in ks}
-    out.update(first_hit_rank=first, n_relevant=n_rel, hits=hits, top_index=top)
+    if first_hit: out["first_hit_rank"] = first
+    out.update(n_relevant=n_rel, hits=hits, top_index=top)
     return out
 
 
@@ -193,7 +256,8 @@ def per_query_metrics(
     ks: Sequence[int] = DEFAULT_KS,     # cut-offs K
     exclude: ArrayLike | None = None,   # [Q, G] bool, items removed from the query's ranking (the query itself)
     chunk_size: int = 1024,             # queries ranked at once
-) -> dict[str, np.ndarray]:             # "AP@K" [Q], "first_hit_rank" [Q], "n_relevant" [Q], "hits"/"top_index" [Q, max(ks)]
+    first_hit: bool = True,             # also return "first_hit_rank" (a full-row pass per query without a hit in the top K)
+) -> dict[str, np.ndarray]:             # "AP@K" [Q], "first_hit_rank" [Q] (if asked), "n_relevant" [Q], "hits"/"top_index" [Q, max(ks)]
     "Per-query AP@K (in [0, 1]), first-hit rank and top-ranked gallery indices from a similarity matrix."
     ks = _check_ks(ks)
     S = _float(_tensor(sim), "sim")
@@ -208,7 +272,7 @@ def per_query_metrics(
     Q = S.shape[0]
     chunks = ((o, S[o:o + chunk_size], R[o:o + chunk_size], None if E is None else E[o:o + chunk_size], None)
               for o in range(0, Q, chunk_size))
-    return _collect(chunks, Q, ks)
+    return _collect(chunks, Q, ks, first_hit=first_hit)
 
 
 def retrieval_metrics(
@@ -219,7 +283,7 @@ def retrieval_metrics(
     chunk_size: int = 1024,             # queries ranked at once
 ) -> dict[str, float]:                  # {"mAP@5": ..., "R@5": ..., "mAP@10": ...} in percent
     "mAP@K and R@K in percent from a similarity matrix (stable ties, excluded items removed from the ranking)."
-    return summarize_metrics(per_query_metrics(sim, relevant, ks, exclude, chunk_size), ks)
+    return summarize_metrics(per_query_metrics(sim, relevant, ks, exclude, chunk_size, first_hit=False), ks)
 
 # %% ../../nbs/31_eval.metrics.ipynb #d0489c76
 def _label_codes(query_labels: ArrayLike, gallery_labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -240,6 +304,7 @@ def per_query_metrics_from_embeddings(
     chunk_size: int = 512,                           # queries ranked at once; peak memory ~ a few [chunk_size, G]
     dtype: torch.dtype = torch.float32,              # precision of the similarity
     progress: bool = False,                          # show a progress bar over chunks
+    first_hit: bool = True,                          # also return "first_hit_rank" (a full-row pass per query without a hit in the top K)
 ) -> dict[str, np.ndarray]:                          # same keys as `per_query_metrics`
     "Per-query metrics from embeddings and labels, ranked chunk by chunk without a [Q, G] matrix."
     ks = _check_ks(ks)
@@ -270,7 +335,7 @@ def per_query_metrics_from_embeddings(
             rel = gl[None, :] == ql[o:o + chunk_size, None]          # [c, G]
             yield o, sim, rel, qgi[o:o + chunk_size], n_rel[o:o + chunk_size]
 
-    return _collect(chunks(), Q, ks, owned=True)
+    return _collect(chunks(), Q, ks, owned=True, first_hit=first_hit)
 
 
 def retrieval_metrics_from_embeddings(
@@ -286,5 +351,5 @@ def retrieval_metrics_from_embeddings(
 ) -> dict[str, float]:                               # {"mAP@5": ..., "R@5": ..., ...} in percent
     "mAP@K and R@K in percent from embeddings and labels, without a [Q, G] matrix."
     pq = per_query_metrics_from_embeddings(query_emb, gallery_emb, query_labels, gallery_labels,
-                                           query_gallery_index, ks, chunk_size, dtype, progress)
+                                           query_gallery_index, ks, chunk_size, dtype, progress, first_hit=False)
     return summarize_metrics(pq, ks)
