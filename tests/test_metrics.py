@@ -227,3 +227,73 @@ def test_gpu_matches_cpu():
     cpu = retrieval_metrics_from_embeddings(qe, ge, ql, gl, qgi)
     gpu = retrieval_metrics_from_embeddings(qe.cuda(), ge.cuda(), ql, gl, qgi)
     assert gpu == cpu
+
+
+# ---------------------------------------------------------------- the fast path against the reference
+
+def brute_top(sim, rel, excl, kmax):
+    "Per query: the top `kmax` gallery indices of the ranking by (-score, index), -1 past its end, and their relevance."
+    Q, G = sim.shape
+    top = np.full((Q, kmax), -1)
+    for i in range(Q):
+        order = sorted((j for j in range(G) if not excl[i, j]), key=lambda j: (-float(sim[i, j]), j))[:kmax]
+        top[i, :len(order)] = order
+    return top, np.where(top >= 0, np.take_along_axis(rel, np.maximum(top, 0), 1), False)
+
+
+@pytest.mark.parametrize("seed,integer,exclusion,G,ks", [
+    (10, False, "index", 1500, (1, 5, 10, 25, 50)),   # candidates from block maxima, one excluded index per query
+    (11, True, "index", 1500, (1, 5, 10, 25, 50)),    # ties at every cut
+    (12, True, "few", 1200, (5, 10)),                 # a bool mask with a few excluded items per row (no copy)
+    (13, False, "many", 1200, (5, 10)),               # more excluded items per row than the selection steps over
+    (14, True, "none", 900, (1, 10)),
+    (15, True, "index", 30, (5, 50)),                 # K larger than the gallery
+])
+def test_fast_path_equals_brute_force(seed, integer, exclusion, G, ks):
+    "Top indices, hits, |G_q|, AP@K, R@K and (when asked) the first-hit rank equal the per-query reference."
+    from tfcovr.eval.metrics import _MAX_SHIFT, _candidates
+    Q, kmax = 90, max(ks)
+    qe, ge, ql, gl, qgi = labelled_problem(seed, Q, G, 6, G // 3, integer=integer, own_fraction=0.7)  # ~3 GTs each
+    sim, rel, _ = dense_inputs(qe, ge, ql, gl, qgi)
+    r = np.random.default_rng(seed)
+    excl = np.zeros_like(rel)
+    if exclusion == "index": excl[np.flatnonzero(qgi >= 0), qgi[qgi >= 0]] = True
+    elif exclusion == "few": excl = r.random(rel.shape) < 3 / G
+    elif exclusion == "many": excl = r.random(rel.shape) < 0.05
+    if exclusion == "few": assert excl.sum(1).max() <= _MAX_SHIFT
+    if exclusion == "many": assert excl.sum(1).min() > _MAX_SHIFT
+    rel[np.arange(Q), r.integers(0, G, Q)] = True          # at least one GT, most likely not excluded
+    for i in np.flatnonzero(~(rel & ~excl).any(1)): rel[i, np.flatnonzero(~excl[i])[0]] = True
+    n_gt = (rel & ~excl).sum(1)
+    assert (n_gt < kmax).any()                              # queries with fewer GTs than K
+    if G > 100: assert _candidates(torch.zeros(1, G), kmax + 1 + 1) is not None  # the block-maximum path is taken
+    ap, first, ref = brute_force(sim, rel & ~excl, excl, ks)
+    top, hits = brute_top(sim, rel & ~excl, excl, kmax)
+    for fh in (True, False):
+        pq = per_query_metrics(sim, rel, ks, excl, chunk_size=32, first_hit=fh)
+        np.testing.assert_array_equal(pq["top_index"], top)
+        np.testing.assert_array_equal(pq["hits"], hits)
+        np.testing.assert_array_equal(pq["n_relevant"], n_gt)
+        for k in ks: np.testing.assert_allclose(pq[f"AP@{k}"], ap[k], rtol=0, atol=1e-12)
+        if fh: np.testing.assert_array_equal(pq["first_hit_rank"], first)
+        else: assert "first_hit_rank" not in pq
+    got = retrieval_metrics(sim, rel, ks, excl)
+    assert list(got) == list(ref)
+    for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
+
+
+def test_embeddings_fast_path_equals_brute_force():
+    "From embeddings and labels (the query's own video excluded), on a gallery large enough for the candidate path."
+    Q, G, ks = 80, 1000, (5, 10, 50)
+    qe, ge, ql, gl, qgi = labelled_problem(20, Q, G, 6, 250, integer=True, own_fraction=0.8)   # 4 GTs each, ties
+    sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)
+    ap, first, ref = brute_force(sim, rel & ~excl, excl, ks)
+    top, hits = brute_top(sim, rel & ~excl, excl, max(ks))
+    pq = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, chunk_size=30)   # float32: integer sims are exact
+    np.testing.assert_array_equal(pq["top_index"], top)
+    np.testing.assert_array_equal(pq["hits"], hits)
+    np.testing.assert_array_equal(pq["first_hit_rank"], first)
+    for k in ks: np.testing.assert_allclose(pq[f"AP@{k}"], ap[k], rtol=0, atol=1e-12)
+    assert "first_hit_rank" not in per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, first_hit=False)
+    got = retrieval_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, chunk_size=30)
+    for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
