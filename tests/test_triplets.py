@@ -13,8 +13,8 @@ from tfcovr.data.labels import load_finediving, load_finegym
 from tfcovr.data.modify import ModifyConfig, generate_modifications
 from tfcovr.data.pairing import PairingConfig, build_pairs, label_attributes
 from tfcovr.data.triplets import (EVAL_COLUMNS, TFCOVR_EVAL, TFCOVR_TRAIN, TRAIN_COLUMNS, TripletsConfig, build_triplets,
-                             export_tfcovr_csvs, gallery_videos, load_triplets, read_tfcovr_csv, triplet_stats, video_table,
-                             write_triplets)
+                                  export_tfcovr_csvs, gallery_videos, load_triplets, read_tfcovr_csv, triplet_stats, video_table,
+                                  write_tfcovr_csv, write_triplets)
 
 _CACHE: dict = {}
 CFG = TripletsConfig(train_max_per_pair=20)
@@ -83,14 +83,29 @@ def test_files_round_trip(diving, tmp_path):
     for s, df in res.splits.items(): pd.testing.assert_frame_equal(back.splits[s], df.reset_index(drop=True))
     assert back.report == json.loads(json.dumps(res.report))
     export_tfcovr_csvs(res, tmp_path / "csv")
-    te = read_tfcovr_csv(tmp_path / "csv" / "test.csv")
+    te = read_tfcovr_csv(tmp_path / "csv" / "test.csv", "test")
     assert list(te.columns) == TFCOVR_EVAL
     assert te.target_videos_ids.tolist() == res.splits["test"].target_videos.tolist()
     assert te.query_id.tolist() == res.splits["test"].query_id.tolist()
     raw = pd.read_csv(tmp_path / "csv" / "test.csv", dtype=str)
-    assert raw.target_videos_ids.str.startswith('["').all()                    # JSON, not a Python literal
-    tr = read_tfcovr_csv(tmp_path / "csv" / "train.csv")
+    assert raw.target_videos_ids.str.startswith('["').all()                    # the pipeline's files: JSON lists
+    tr = read_tfcovr_csv(tmp_path / "csv" / "train.csv", "train")
     assert list(tr.columns) == TFCOVR_TRAIN and len(tr) == len(res.splits["train"])
+    assert tr.label1.tolist() == res.splits["train"].query_label.tolist()
+
+
+def test_released_spelling_round_trips(diving, tmp_path):
+    _, _, _, res = diving
+    export_tfcovr_csvs(res, tmp_path / "json")
+    export_tfcovr_csvs(res, tmp_path / "py", lists="python")                   # lists as the released files write them
+    raw = pd.read_csv(tmp_path / "py" / "test.csv", dtype=str)
+    assert raw.target_videos_ids.str.startswith("['").all()
+    te = read_tfcovr_csv(tmp_path / "py" / "test.csv", "test")
+    pd.testing.assert_frame_equal(te, read_tfcovr_csv(tmp_path / "json" / "test.csv", "test"))
+    assert te.target_videos_ids.tolist() == res.splits["test"].target_videos.tolist()
+    write_tfcovr_csv(te, tmp_path / "again.csv")                               # read -> write: the same bytes
+    assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "py" / "test.csv").read_bytes()
+    assert (tmp_path / "json" / "train.csv").read_bytes() == (tmp_path / "py" / "train.csv").read_bytes()  # no list there
 
 
 def test_stats(diving):

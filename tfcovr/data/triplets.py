@@ -5,10 +5,13 @@
 # %% ../../nbs/18_data.triplets.ipynb #37fffc9e
 from __future__ import annotations
 
+import ast
+import csv
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,9 +24,10 @@ from ..core import atomic_dir, atomic_write, check_columns, rng, save_figure
 
 # %% auto #0
 __all__ = ['SPLITS', 'EVAL_SPLITS', 'PAPER', 'CLIP_COLUMNS', 'VIDEO_COLUMNS', 'EVAL_COLUMNS', 'TRAIN_COLUMNS', 'MOD_COLUMNS',
-           'TFCOVR_TRAIN', 'TFCOVR_EVAL', 'TripletsConfig', 'carve_test_split', 'video_table', 'gallery_videos',
-           'unique_videos', 'TripletsResult', 'build_triplets', 'write_triplets', 'read_triplets', 'load_triplets',
-           'export_tfcovr_csv', 'export_tfcovr_csvs', 'read_tfcovr_csv', 'triplet_stats', 'plot_triplet_stats']
+           'TFCOVR_TRAIN', 'TFCOVR_EVAL', 'TFCOVR_SCHEMAS', 'LIST_STYLES', 'TripletsConfig', 'carve_test_split',
+           'video_table', 'gallery_videos', 'unique_videos', 'TripletsResult', 'build_triplets', 'write_triplets',
+           'read_triplets', 'load_triplets', 'format_id_list', 'parse_id_list', 'write_tfcovr_csv', 'export_tfcovr_csv',
+           'export_tfcovr_csvs', 'read_tfcovr_csv', 'triplet_stats', 'plot_triplet_stats']
 
 # %% ../../nbs/18_data.triplets.ipynb #997801f5
 SPLITS = ("train", "val", "test")
@@ -252,53 +256,139 @@ def load_triplets(out_dir: str | Path,  # folder written by `write_triplets`
 # %% ../../nbs/18_data.triplets.ipynb #d7c44d09
 TFCOVR_TRAIN = ["query_video", "target_video", "label1", "label2", "modification"]
 TFCOVR_EVAL = ["query_id", "query_video", "target_video", "modification", "target_videos_ids"]
+TFCOVR_SCHEMAS = {"train": TFCOVR_TRAIN, "val": TFCOVR_EVAL, "test": TFCOVR_EVAL}  # split -> columns of its CSV
+LIST_STYLES = ("json", "python")  # how a CSV writes target_videos_ids: JSON text, or a Python literal as the released files do
 
 
-def export_tfcovr_csv(df: pd.DataFrame,    # a split of `build_triplets`
-                      path: str | Path,    # CSV file to write (atomically)
+def format_id_list(ids: Sequence[str],                        # video ids
+                   style: Literal["json", "python"] = "python",  # python: "['a', 'b']" as the released files; json: '["a", "b"]'
+                  ) -> str:
+    "A list of video ids as text, the way the released CSVs (`python`) or the pipeline's CSVs (`json`) write it."
+    if style not in LIST_STYLES: raise ValueError(f"lists must be one of {LIST_STYLES}, got {style!r}")
+    ids = [str(v) for v in ids]
+    return repr(ids) if style == "python" else json.dumps(ids)
+
+
+def _list_items(items: list, where) -> list[str]:
+    "The items of a parsed list as str; each must be a string or an integer. `where(i)` says where item i starts."
+    out = []
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, (str, int)): raise ValueError(f"item {i} {where(i)}is not a string or an integer")
+        out.append(str(v))
+    return out
+
+
+def parse_id_list(text: str,  # a list of strings (or integers) written as JSON or as a Python literal
+                 ) -> list[str]:
+    "The video ids of a list literal; anything but a list of string or integer constants raises (nothing is evaluated)."
+    s = text.strip()
+    if not s: raise ValueError("empty field (expected a list such as ['a', 'b'])")
+    try: v = json.loads(s)
+    except (json.JSONDecodeError, RecursionError): pass
+    else:
+        if not isinstance(v, list): raise ValueError(f"expected a list, got a JSON {type(v).__name__}")
+        return _list_items(v, lambda i: "")
+    try: tree = ast.parse(s, mode="eval")
+    except SyntaxError as e: raise ValueError(f"not a list literal: {e.msg} at character {e.offset}") from None
+    except (ValueError, RecursionError, MemoryError) as e: raise ValueError(f"not a list literal ({type(e).__name__})") from None
+    node = tree.body
+    if not isinstance(node, ast.List): raise ValueError(f"expected a list literal, got {type(node).__name__.lower()} syntax")
+    for i, e in enumerate(node.elts):
+        if not isinstance(e, ast.Constant): raise ValueError(f"item {i} at character {e.col_offset + 1} is not a constant")
+    return _list_items([e.value for e in node.elts], lambda i: f"at character {node.elts[i].col_offset + 1} ")
+
+
+def write_tfcovr_csv(df: pd.DataFrame,                            # a table in the TF-CoVR schema (as `read_tfcovr_csv` returns it)
+                     path: str | Path,                            # CSV file to write (atomically)
+                     lists: Literal["json", "python"] = "python", # how target_videos_ids is written (python: as the released files)
+                    ) -> Path:
+    "Write a TF-CoVR table (train or val/test schema, chosen by the columns) as CSV."
+    cols = TFCOVR_EVAL if "target_videos_ids" in df.columns else TFCOVR_TRAIN
+    check_columns(df, cols, "TF-CoVR table")
+    out = df[cols].copy()
+    if cols is TFCOVR_EVAL:
+        out["query_id"] = out["query_id"].astype(np.int64)
+        out["target_videos_ids"] = [format_id_list(v, lists) for v in out["target_videos_ids"]]
+    with atomic_write(path) as f: out.to_csv(f, index=False, lineterminator="\n")
+    return Path(path)
+
+
+def export_tfcovr_csv(df: pd.DataFrame,                          # a split of `build_triplets`
+                      path: str | Path,                          # CSV file to write (atomically)
+                      lists: Literal["json", "python"] = "json", # how target_videos_ids is written (json: the pipeline's files)
                      ) -> Path:
     "Write a split in the published TF-CoVR CSV schema (train or val/test, chosen by the columns)."
     if "target_videos" in df.columns:
         check_columns(df, EVAL_COLUMNS, "triplets")
         out = pd.DataFrame({"query_id": df["query_id"].astype(np.int64), "query_video": df["query_video"],
                             "target_video": df["target_video"], "modification": df["modification"],
-                            "target_videos_ids": [json.dumps(list(map(str, v))) for v in df["target_videos"]]})
+                            "target_videos_ids": [list(map(str, v)) for v in df["target_videos"]]})
     else:
         check_columns(df, TRAIN_COLUMNS, "triplets")
         out = pd.DataFrame({"query_video": df["query_video"], "target_video": df["target_video"], "label1": df["query_label"],
                             "label2": df["target_label"], "modification": df["modification"]})
-    with atomic_write(path) as f: out.to_csv(f, index=False, lineterminator="\n")
-    return Path(path)
+    return write_tfcovr_csv(out, path, lists)
 
 
-def export_tfcovr_csvs(res: TripletsResult,  # output of `build_triplets`
-                       out_dir: str | Path,  # folder to (re)create atomically with one `<split>.csv` per split
+def export_tfcovr_csvs(res: TripletsResult,                       # output of `build_triplets`
+                       out_dir: str | Path,                       # folder to (re)create atomically with one `<split>.csv` per split
+                       lists: Literal["json", "python"] = "json", # how target_videos_ids is written
                       ) -> Path:
     "Write every split in the TF-CoVR CSV schema into `out_dir`."
     with atomic_dir(out_dir) as tmp:
-        for split, df in res.splits.items(): export_tfcovr_csv(df, tmp / f"{split}.csv")
+        for split, df in res.splits.items(): export_tfcovr_csv(df, tmp / f"{split}.csv", lists)
     return Path(out_dir)
 
 
-def read_tfcovr_csv(path: str | Path,  # a TF-CoVR CSV (train or val/test schema)
-                   ) -> pd.DataFrame:
-    "Read a TF-CoVR CSV; `target_videos_ids` becomes a list of str (JSON, never eval)."
+def _csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    "The header and the (first line, fields) of every non-blank record of a CSV file."
+    records, line = [], 0
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, strict=True)
+            header = next(reader, None)
+            line = reader.line_num
+            for rec in reader:
+                if rec: records.append((line + 1, rec))
+                line = reader.line_num
+    except csv.Error as e: raise ValueError(f"{path}:{line + 1}: not readable as CSV ({e})") from None
+    except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not header: raise ValueError(f"{path}: empty file (expected a TF-CoVR CSV header)")
+    return header, records
+
+
+def read_tfcovr_csv(path: str | Path,      # a TF-CoVR CSV: the released files or `write_tfcovr_csv` / `export_tfcovr_csv`
+                    split: str | None = None,  # train, val or test: the schema the file must have; None: taken from the header
+                   ) -> pd.DataFrame:          # str columns; val/test: query_id int64, target_videos_ids lists of str
+    "Read a TF-CoVR CSV strictly: its schema, one field per column, integer query ids, list literals (never eval)."
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"TF-CoVR CSV not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    cols = list(df.columns)
+    if split is not None and split not in TFCOVR_SCHEMAS: raise ValueError(f"split must be one of {list(TFCOVR_SCHEMAS)}, got {split!r}")
+    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found")
+    header, records = _csv_records(path)
+    skip = int(header[0] in ("", "Unnamed: 0") and header[1:] in (TFCOVR_TRAIN, TFCOVR_EVAL))  # a pandas index column
+    cols = header[skip:]
+    want = [TFCOVR_SCHEMAS[split]] if split is not None else [TFCOVR_TRAIN, TFCOVR_EVAL]
+    if cols not in want:
+        schemas = f"the {split} schema {want[0]}" if split is not None else f"the train schema {TFCOVR_TRAIN} nor the val/test schema {TFCOVR_EVAL}"
+        raise ValueError(f"{path}:1: header {header} is {'not' if split is not None else 'neither'} {schemas}")
+    rows = []
+    for line, rec in records:
+        if len(rec) != len(header): raise ValueError(f"{path}:{line}: {len(rec)} fields, the header has {len(header)}")
+        rows.append(rec[skip:])
+    df = pd.DataFrame(rows, columns=cols, dtype=str) if rows else pd.DataFrame({c: pd.Series(dtype=str) for c in cols})
     if cols == TFCOVR_TRAIN: return df
-    if cols != TFCOVR_EVAL:
-        raise ValueError(f"{path}: header {cols} is neither the train schema {TFCOVR_TRAIN} nor the val/test schema {TFCOVR_EVAL}")
-    lists, ids = [], []
-    for i, (qid, txt) in enumerate(zip(df["query_id"], df["target_videos_ids"])):
-        try: v = json.loads(txt)
-        except json.JSONDecodeError as e: raise ValueError(f"{path}: line {i + 2}: target_videos_ids is not JSON ({e.msg}): {txt[:60]!r}") from None
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise ValueError(f"{path}: line {i + 2}: target_videos_ids must be a JSON list of strings, got {txt[:60]!r}")
-        if not qid.lstrip("-").isdigit(): raise ValueError(f"{path}: line {i + 2}: query_id must be an integer, got {qid!r}")
-        lists.append(v); ids.append(int(qid))
-    df["target_videos_ids"], df["query_id"] = pd.Series(lists, index=df.index, dtype=object), np.array(ids, dtype=np.int64)
+    ids, lists, seen = [], [], {}
+    qcol, lcol = header.index("query_id") + 1, header.index("target_videos_ids") + 1
+    for (line, _), qid, txt in zip(records, df["query_id"], df["target_videos_ids"]):
+        if not (qid.isascii() and qid.isdigit()):
+            raise ValueError(f"{path}:{line}: column {qcol} (query_id): {qid!r} is not a non-negative integer")
+        if int(qid) in seen: raise ValueError(f"{path}:{line}: column {qcol} (query_id): {qid} repeats (first on line {seen[int(qid)]})")
+        seen[int(qid)] = line
+        try: lists.append(parse_id_list(txt))
+        except ValueError as e: raise ValueError(f"{path}:{line}: column {lcol} (target_videos_ids): {e}: {txt[:60]!r}") from None
+        ids.append(int(qid))
+    df["query_id"] = np.array(ids, dtype=np.int64)
+    df["target_videos_ids"] = pd.Series(lists, index=df.index, dtype=object)
     return df
 
 # %% ../../nbs/18_data.triplets.ipynb #4db2209b
