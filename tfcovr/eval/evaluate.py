@@ -5,9 +5,12 @@
 # %% ../../nbs/32_eval.evaluate.ipynb #7a630c09
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import itertools
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -20,17 +23,19 @@ from tqdm.auto import tqdm
 
 from ..core import check_columns, check_device, file_sha256, get_device, rng, stable_hash
 from ..data.modify import MOD_TYPES
-from ..data.triplets import gallery_videos, unique_videos
+from ..data.triplets import gallery_videos, read_tfcovr_csv, unique_videos
 from .embed import load_embeddings
-from .metrics import DEFAULT_KS, per_query_metrics_from_embeddings, summarize_metrics
-from ..models.composed import CONFIG_FILE, ComposedModel, model_device
+from .metrics import DEFAULT_KS, per_query_metrics, per_query_metrics_from_embeddings, summarize_metrics
+from ..models.composed import CONFIG_FILE, ArrayEmbeddings, ComposedModel, model_device
 from ..models.io import ModelFileError, read_json_object
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODALITIES', 'DISCIPLINES', 'STAGE2_MODEL', 'EVAL_NEEDS', 'EvaluateConfig', 'TableRow', 'table_rows',
            'split_videos', 'Gallery', 'build_gallery', 'check_triplets', 'evaluate_model', 'query_features',
            'row_errors', 'load_stage2_model', 'row_columns', 'bootstrap_ci', 'breakdown', 'paired_differences',
-           'fingerprint_files', 'model_fingerprint', 'EvaluationRun', 'evaluate_table']
+           'fingerprint_files', 'model_fingerprint', 'EvaluationRun', 'evaluate_table', 'load_pth_embeddings',
+           'evaluate_embedding_folder', 'format_folder_metrics', 'evaluate_embeddings_parser',
+           'evaluate_embeddings_main']
 
 # %% ../../nbs/32_eval.evaluate.ipynb #070f8e2c
 MODEL_NAMES = ("TF-CoVR-Base", "1-frame", "text-only", "video-only", "avg-fusion", "stage2-only")  # the paper's rows
@@ -439,3 +444,118 @@ def evaluate_table(cfg: EvaluateConfig,             # the `evaluate` section
         "rows": info, "breakdown": {k2: bd[k2] for k2 in ("metric", "resamples", "confidence", "interval")}, "seed": seed,
     }
     return EvaluationRun(rows, per_query, bd, protocol)
+
+# %% ../../nbs/32_eval.evaluate.ipynb #5ec389dd
+def _pth_problem(folder: Path, video: str) -> tuple[np.ndarray | None, str | None]:
+    "The embedding in `<folder>/<video>.pth` as a float32 [D] array, or why it cannot be used."
+    rel = Path(f"{video}.pth")
+    if not video or "\x00" in video or rel.is_absolute() or ".." in rel.parts: return None, f"{video!r}: not a usable file name"
+    path = folder / rel
+    if not path.is_file(): return None, f"{rel}: missing"
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them; the refusal is reported
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e: return None, f"{rel}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    if not isinstance(t, torch.Tensor): return None, f"{rel}: holds a {type(t).__name__}, not a tensor"
+    if not (t.ndim == 1 or (t.ndim == 2 and t.shape[0] == 1)) or t.numel() == 0:
+        return None, f"{rel}: shape {list(t.shape)}, expected [D] or [1, D]"
+    if not t.is_floating_point(): return None, f"{rel}: dtype {t.dtype}, expected a floating-point tensor"
+    x = t.detach().reshape(-1).float().numpy()
+    if not np.isfinite(x).all(): return None, f"{rel}: holds NaN or infinite values"
+    if not np.any(x): return None, f"{rel}: all zeros"
+    return x, None
+
+
+def load_pth_embeddings(folder: str | Path,          # a folder of `<video>.pth` files, one tensor each
+                        video_ids: Sequence[str],    # the videos needed
+                       ) -> ArrayEmbeddings:          # ids in the given order, [N, D] float32
+    "The `<video>.pth` embedding of every video (loaded with weights_only=True); every missing or unreadable file is named at once."
+    folder, ids = Path(folder), list(dict.fromkeys(map(str, video_ids)))
+    if not folder.is_dir(): raise FileNotFoundError(f"{folder}: folder not found")
+    if not ids: raise ValueError(f"{folder}: no video to load")
+    got, problems = {}, []
+    for v in ids:
+        x, why = _pth_problem(folder, v)
+        if why is None: got[v] = x
+        else: problems.append(why)
+    dims = pd.Series({v: len(x) for v, x in got.items()}, dtype=np.int64)
+    if dims.nunique() > 1:
+        d = int(dims.mode().iloc[0])
+        problems += [f"{v}.pth: dimension {n}, the others {d}" for v, n in dims.items() if n != d]
+    if problems:
+        raise ValueError(f"{folder}: {len(problems)} of {len(ids)} embeddings missing or unreadable: {'; '.join(problems)}")
+    return ArrayEmbeddings(ids, np.stack([got[v] for v in ids]), {"folder": str(folder), "dim": int(dims.iloc[0])})
+
+
+def _relevance(rows: pd.DataFrame, pos: dict[str, int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "[q, G] ground-truth and excluded (own video) masks of a chunk of val/test rows."
+    rel, excl = torch.zeros((len(rows), n), dtype=torch.bool), torch.zeros((len(rows), n), dtype=torch.bool)
+    for i, (q, gts) in enumerate(zip(rows.query_video, rows.target_videos_ids)):
+        rel[i, [pos[g] for g in gts]] = True
+        excl[i, pos[q]] = True
+    return rel & ~excl, excl
+
+
+def evaluate_embedding_folder(folder: str | Path,              # `<video>.pth` files, one per video of the split
+                              split_csv: str | Path,           # a val/test CSV in the TF-CoVR schema (`read_tfcovr_csv`)
+                              ks: Sequence[int] = DEFAULT_KS,  # cut-offs
+                              chunk_size: int = 512,           # queries ranked at once
+                             ) -> dict[str, Any]:              # mAP@K, R@K, R_target@K (percent), queries, gallery, dim, per_query
+    "Score per-video embeddings as the video-only row: unique-video gallery of the split, query excluded, ground truths = target_videos_ids."
+    t = read_tfcovr_csv(split_csv)
+    if "target_videos_ids" not in t.columns: raise ValueError(f"{split_csv}: a train file; scoring needs a val/test file (with target_videos_ids)")
+    if t.empty: raise ValueError(f"{split_csv}: no query to evaluate")
+    for r in t.itertuples(index=False):
+        if not set(r.target_videos_ids) - {r.query_video}:
+            raise ValueError(f"{split_csv}: query {r.query_id} (video {r.query_video!r}) has no ground truth other than itself "
+                             f"(target_videos_ids {r.target_videos_ids})")
+    ids = sorted(set(t.query_video) | set(t.target_video) | set(itertools.chain.from_iterable(t.target_videos_ids)))
+    emb = load_pth_embeddings(folder, ids)
+    g = F.normalize(torch.from_numpy(emb.lookup(ids)), dim=-1)          # [G, D] unit rows
+    pos = {v: i for i, v in enumerate(ids)}
+    qgi = np.array([pos[v] for v in t.query_video], np.int64)
+    if chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    parts = []
+    for o in range(0, len(t), chunk_size):
+        rows = t.iloc[o:o + chunk_size]
+        rel, excl = _relevance(rows, pos, len(ids))
+        parts.append(per_query_metrics(g[qgi[o:o + chunk_size]] @ g.T, rel, ks, excl, chunk_size))
+    pq = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out: dict[str, Any] = summarize_metrics(pq, ks)
+    target = np.array([pos[v] for v in t.target_video], np.int64)[:, None]   # the published "Recall@K": the designated target
+    for k in ks: out[f"R_target@{k}"] = float(100.0 * (pq["top_index"][:, :k] == target).any(1).mean())
+    out.update(queries=len(t), gallery=len(ids), dim=int(g.shape[1]))
+    out["per_query"] = pd.DataFrame({"query_id": t.query_id.to_numpy(), "query_video": t.query_video.to_numpy(),
+                                     **{f"AP@{k}": pq[f"AP@{k}"] for k in ks},
+                                     "first_hit_rank": pq["first_hit_rank"], "n_relevant": pq["n_relevant"]})
+    return out
+
+# %% ../../nbs/32_eval.evaluate.ipynb #304caea1
+def format_folder_metrics(res: dict[str, Any],           # output of `evaluate_embedding_folder`
+                          ks: Sequence[int] = DEFAULT_KS, # the cut-offs it was scored at
+                         ) -> str:
+    "A small text table: K, mAP@K, R@K and R_target@K."
+    rows = [("K", "mAP@K", "R@K", "R_target@K")] + [(str(k), *(f"{res[f'{m}@{k}']:.2f}" for m in ("mAP", "R", "R_target"))) for k in ks]
+    w = [max(len(r[c]) for r in rows) for c in range(4)]
+    return "\n".join("  ".join(x.rjust(w[c]) for c, x in enumerate(r)) for r in rows)
+
+
+def evaluate_embeddings_parser() -> argparse.ArgumentParser:
+    "Arguments of `tfcovr evaluate-embeddings`."
+    p = argparse.ArgumentParser(prog="tfcovr evaluate-embeddings",
+                                description="Score a folder of <video>.pth embeddings on a TF-CoVR val/test CSV as the video-only row.")
+    p.add_argument("folder", type=Path, help="folder of <video>.pth files, one tensor [D] or [1, D] per video")
+    p.add_argument("--split", type=Path, required=True, help="val/test CSV in the TF-CoVR schema, e.g. test.csv")
+    p.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="cut-offs K (default 5 10 25 50)")
+    return p
+
+
+def evaluate_embeddings_main(argv: list[str] | None = None,  # arguments after `evaluate-embeddings`
+                            ) -> int:
+    "`tfcovr evaluate-embeddings DIR --split test.csv [--ks ...]`: print mAP@K and R@K (input errors raise; `tfcovr.cli.main` reports them)."
+    args = evaluate_embeddings_parser().parse_args(argv)
+    res = evaluate_embedding_folder(args.folder, args.split, args.ks)
+    print(f"video-only on {args.split}: {res['queries']} queries, a gallery of {res['gallery']} unique videos, {res['dim']}-d embeddings")
+    print(format_folder_metrics(res, args.ks))
+    return 0
