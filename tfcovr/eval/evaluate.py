@@ -232,7 +232,7 @@ def evaluate_model(query_features: torch.Tensor,         # [Q, D] unit rows, one
     tl = triplets.target_label_id.astype(str).to_numpy()
     try:
         pq = per_query_metrics_from_embeddings(q, gallery.features, tl, gallery.labels, qgi, tuple(ks),
-                                               chunk_size, progress=progress)
+                                               chunk_size, progress=progress, first_hit=True)
     except ValueError as e:
         m = re.match(r"query (\d+) has no relevant", str(e))
         if m is None: raise
@@ -520,7 +520,7 @@ def evaluate_embedding_folder(folder: str | Path,              # `<video>.pth` f
     for o in range(0, len(t), chunk_size):
         rows = t.iloc[o:o + chunk_size]
         rel, excl = _relevance(rows, pos, len(ids))
-        parts.append(per_query_metrics(g[qgi[o:o + chunk_size]] @ g.T, rel, ks, excl, chunk_size))
+        parts.append(per_query_metrics(g[qgi[o:o + chunk_size]] @ g.T, rel, ks, excl, chunk_size, first_hit=True))
     pq = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     out: dict[str, Any] = summarize_metrics(pq, ks)
     target = np.array([pos[v] for v in t.target_video], np.int64)[:, None]   # the published "Recall@K": the designated target
