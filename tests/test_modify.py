@@ -69,3 +69,8 @@ def test_ensure_cache_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["modify_llm.jsonl"]  # no temporary left behind
     with pytest.raises(ParamsError, match=r"modify\.llm\.cache_path"):
         M.ensure_cache_file(M.ModifyConfig(llm=tfcovr.data.llm.LLMConfig(cache_path=None)))
+
+
+def test_a_pairs_table_without_its_columns_is_named():
+    with pytest.raises(ValueError, match=r"pairs table lacks column\(s\) \['target_label'\]"):
+        M.generate_modifications(_table().drop(columns="target_label"), None, M.ModifyConfig(), 0, progress=False)

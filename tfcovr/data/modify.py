@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .attributes import Attributes, parse_label
-from ..core import ParamsError, atomic_write
+from ..core import ParamsError, atomic_write, check_columns
 from .llm import LLMConfig, LLMModifier
 from .rules import MOD_TYPES, PHRASINGS, RuleModifier  # MOD_TYPES: the evaluator reads the types from here
 
@@ -56,8 +56,7 @@ def generate_modifications(pairs: pd.DataFrame,                          # label
                            progress: bool = True,                         # show a tqdm bar
                           ) -> pd.DataFrame:
     "One modification per pair: columns `OUT_COLUMNS`; counts in `.attrs['modify_stats']`."
-    missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
-    if missing: raise ValueError(f"pairs table lacks column(s) {', '.join(missing)}")
+    check_columns(pairs, PAIR_COLUMNS, "pairs table")
     gen, parsed = make_modifier(cfg, seed), {}
     ds = pairs["dataset"].where(pairs["dataset"].isin(["finegym", "finediving"]), None) if "dataset" in pairs.columns else [None] * len(pairs)
 
