@@ -9,7 +9,7 @@ import torch
 
 from tfcovr.cli import main
 from tfcovr.data.triplets import TFCOVR_EVAL, TFCOVR_TRAIN, parse_id_list, read_tfcovr_csv, write_tfcovr_csv
-from tfcovr.eval.evaluate import evaluate_embedding_folder, load_pth_embeddings
+from tfcovr.eval.released import evaluate_embedding_folder, load_pth_embeddings
 
 HEADER = ",".join(TFCOVR_EVAL) + "\n"
 RELEASED_TEST = (HEADER +  # as the published code's pandas writes it: Python list literals, quoted only where needed

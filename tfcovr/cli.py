@@ -31,7 +31,7 @@ ROUTED = {  # command -> (module:function taking argv, help)
     "stage1": ("tfcovr.train.stage1:stage1_main", "train one Stage-1 encoder of params.yaml"),
     "embed": ("tfcovr.eval.embed:embed_main", "extract one encoder's embedding cache"),
     "search": ("tfcovr.eval.retrieval:search_main", "composed retrieval: VIDEO + TEXT -> top-k gallery videos"),
-    "evaluate-embeddings": ("tfcovr.eval.evaluate:evaluate_embeddings_main",
+    "evaluate-embeddings": ("tfcovr.eval.released:evaluate_embeddings_main",
                             "score a folder of <video>.pth embeddings on a TF-CoVR val/test CSV (video-only row)"),
 }
 

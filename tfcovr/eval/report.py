@@ -24,25 +24,40 @@ from .metrics import DEFAULT_KS
 from ..data.video import VideoRoots, video_root, load_clip, resolve_video
 
 # %% auto #0
-__all__ = ['GREEN', 'RED', 'GREY', 'results_markdown', 'breakdown_markdown', 'paired_markdown', 'write_reports', 'choose_queries',
-           'frame_strip', 'plot_retrievals', 'load_strip_frames', 'retrieval_figure', 'plot_breakdown',
-           'plot_similarity', 'plot_results', 'ReportConfig', 'report_figures']
+__all__ = ['GREEN', 'RED', 'GREY', 'results_markdown', 'recall_markdown', 'breakdown_markdown', 'paired_markdown',
+           'write_reports', 'choose_queries', 'frame_strip', 'plot_retrievals', 'load_strip_frames', 'retrieval_figure',
+           'plot_breakdown', 'plot_similarity', 'plot_results', 'ReportConfig', 'report_figures']
 
 # %% ../../nbs/33_eval.report.ipynb #68a559a6
 def results_markdown(rows: list[dict],                 # `EvaluationRun.rows`
                      ks: Sequence[int] = DEFAULT_KS,   # cut-offs shown
-                     protocol: dict | None = None,     # the protocol card (adds a line on gallery and queries)
+                     protocol: dict | None = None,     # the protocol card (adds a line on gallery, queries and ground truths)
+                     table: str | None = "results",    # only rows of this table (results | ablations); None: every row
                     ) -> str:                          # a Markdown table
     "The results in the paper's layout: modalities, model, fusion, query/target frames, mAP@K."
     head = ["Modalities", "Model", "Fusion", "Query frames", "Target frames"] + [f"mAP@{k}" for k in ks]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * len(ks)) + "|"]
     for r in rows:
+        if table is not None and r.get("table", "results") != table: continue
         lines.append("| " + " | ".join([r["modalities"], r["model"], r["fusion"], str(r["query_frames"]), str(r["target_frames"])]
                                        + [f"{r[f'mAP@{k}']:.2f}" for k in ks]) + " |")
     if protocol:
-        g = protocol["gallery"]
+        g, n = protocol["gallery"], protocol.get("ground_truths_per_query")
+        gt = f" Ground truths per query: {n['mean']:.2f} on average ({protocol.get('ground_truth')})." if n else ""
         lines += ["", f"{protocol['split']} split: {protocol['queries']} queries, a gallery of {g['size']} unique videos "
-                      f"({g['labels']} labels); the query video is excluded from its own ranking."]
+                      f"({g['labels']} labels); {protocol.get('exclusion', 'the query video is excluded from its own ranking')}.{gt}"]
+    return "\n".join(lines) + "\n"
+
+
+def recall_markdown(rows: list[dict],                 # `EvaluationRun.rows`
+                    ks: Sequence[int] = DEFAULT_KS,   # cut-offs shown
+                   ) -> str:                          # a Markdown table
+    "R@K (any ground truth in the top K) and R_target@K (the designated target in the top K, the published code's Recall@K) of every row."
+    tk = [k for k in ks if all(f"R_target@{k}" in r for r in rows)]
+    head = ["Model"] + [f"R@{k}" for k in ks] + [f"R_target@{k}" for k in tk]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["model"]] + [f"{r[f'R@{k}']:.2f}" for k in ks] + [f"{r[f'R_target@{k}']:.2f}" for k in tk]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,7 +99,13 @@ def write_reports(run: EvaluationRun,               # output of `tfcovr.eval.eva
     out = {k: Path(paths.get(k, Path(out_dir) / v)) for k, v in names.items()}
     write_json(out["results_json"], run.rows)
     write_json(out["metrics_json"], {r["model"]: {k: v for k, v in r.items() if "@" in k} for r in run.rows})
-    with atomic_write(out["results_md"]) as f: f.write("# Results\n\n" + results_markdown(run.rows, ks, run.protocol))
+    abl = [r for r in run.rows if r.get("table") == "ablations"]
+    with atomic_write(out["results_md"]) as f:
+        f.write("# Results\n\n" + results_markdown(run.rows, ks, run.protocol)
+                + "\n## Recall\n\nR@K: a ground truth in the top K. R_target@K: the triplet's designated target_video in the top K "
+                  "(the published code's Recall@K).\n\n" + recall_markdown(run.rows, ks)
+                + ("\n## Ablations\n\nVariants with no row in the paper, scored on the same gallery and queries.\n\n"
+                   + results_markdown(run.rows, ks, table="ablations") if abl else ""))
     write_json(out["breakdown_json"], run.breakdown)
     with atomic_write(out["breakdown_md"]) as f:
         f.write(f"# {run.breakdown['metric']} with {run.breakdown['confidence']:.0%} bootstrap intervals over queries\n")
@@ -302,11 +323,12 @@ def report_figures(cfg: ReportConfig,              # the `report` section
     row = next((r for r in table if r.name == cfg.model), None)
     if row is None: raise ValueError(f"report.model {cfg.model!r} is not a row of the table (rows: {', '.join(r.name for r in table)})")
     emb = load_embeddings(row.embeddings)
+    temb = emb if row.target_embeddings is None else load_embeddings(row.target_embeddings)
     model = None if row.model_dir is None else load_model(row.model_dir, "cpu")
     with row_errors(row):
-        gallery = build_gallery(videos, ev.split, emb, None if model is None else model.encode_target)
+        gallery = build_gallery(videos, ev.split, temb, None if model is None else model.encode_target)
         q = query_features(model, triplets, emb, ev.batch_size)
-        top = evaluate_model(q, gallery, triplets, ev.ks, ev.chunk_size)["top_index"]
+        top = evaluate_model(q, gallery, triplets, ev.ks, ev.chunk_size, ground_truth=ev.ground_truth)["top_index"]
     pos = {v: i for i, v in enumerate(triplets.query_id)}
     for _, r in tqdm(choose_queries(triplets, cfg.n_queries, seed).iterrows(), total=cfg.n_queries, desc="figures", disable=not progress):
         done.append(out / f"query_{r['query_id']}.png")
