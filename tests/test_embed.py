@@ -1,4 +1,5 @@
-"""The embedding cache end to end: torchrun sharding, resumption after an interruption, failures that are never skipped."""
+"""The embedding cache end to end: torchrun sharding, resumption after an interruption, failures that are never skipped,
+and the image baseline's N-frame embeddings of a 1-frame model."""
 import json
 import os
 import re
@@ -8,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import tfcovr.eval.embed as E
-from tfcovr.models.aim import AIMConfig
+from tfcovr.core import ParamsError, load_params
+from tfcovr.data.video import load_clip
+from tfcovr.models.aim import AIMConfig, create_aim, preprocess, save_weights
 from tfcovr.toys import toy_clips
 from tfcovr.core import TMPDIR_ENV
-from tfcovr.eval.embed import (EmbedConfig, EncoderSpec, IncompleteEmbeddings, extract_embeddings, load_embeddings,
-                          untrained_encoder)
+from tfcovr.eval.embed import (EmbedConfig, EncoderSpec, IncompleteEmbeddings, build_encoder, extract_embeddings, load_embeddings,
+                          untrained_encoder, write_pointer)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = dict(name="aim-tiny", num_frames=4, pretrained=False, checkpoint_path=None, freeze_backbone=False,
@@ -37,7 +41,7 @@ def encoder():
 def test_two_processes_shard_the_videos_and_match_one_process(toy, tmp_path):
     root, labels = toy
     params = tmp_path / "params.yaml"
-    params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, model: "
+    params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: null, model: "
                       f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n")
     script = tmp_path / "embed.py"
     script.write_text("import sys\nfrom tfcovr.cli import main\nsys.exit(main(['embed', *sys.argv[1:]]))\n")
@@ -112,7 +116,9 @@ KILLED_MERGE = """
 import os, signal, sys
 import pandas as pd
 import tfcovr.eval.embed as E
-from tfcovr.models.aim import AIMConfig
+from tfcovr.core import ParamsError, load_params
+from tfcovr.data.video import load_clip
+from tfcovr.models.aim import AIMConfig, create_aim, preprocess, save_weights
 def die(path, obj):
     os.kill(os.getpid(), signal.SIGKILL)
 E.write_json = die
@@ -141,3 +147,48 @@ def test_absurd_embed_sizes_are_refused():
     for k, v, msg in (("batch_size", 0, "batch_size must be in 1..65536"), ("shard_size", 10**9, "shard_size must be in 1..10000000"),
                       ("num_workers", -1, "num_workers must be in 0..256")):
         with pytest.raises(ValueError, match=re.escape(msg)): EmbedConfig({"x": EncoderSpec(checkpoint=Path("m"))}, **{k: v})
+
+
+ONE_FRAME = dict(MODEL, name="aim-tiny-1f", num_frames=1)
+
+
+def test_a_one_frame_encoder_over_four_frames_is_the_mean_of_four_single_frame_embeddings(toy, tmp_path):
+    "The image baseline's targets: N frames at segment centres, each through the 1-frame model alone, then averaged."
+    root, labels = toy
+    path = root / "videos" / "toy_test_up_0.mp4"
+    one = untrained_encoder(AIMConfig(**ONE_FRAME), seed=0, device="cpu")
+    four = untrained_encoder(AIMConfig(**ONE_FRAME), seed=0, device="cpu", num_frames=4)
+    frames = load_clip(path, 4, 64)                                             # the centres of 4 equal segments
+    assert torch.equal(four.clip(path), frames)
+    with torch.no_grad():                                                       # each frame by hand through the model
+        by_hand = [one.model.forward_features(preprocess(frames[i][None, None], one.variant))[0].numpy() for i in range(4)]
+    np.testing.assert_allclose(four(path), np.mean(by_hand, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(by_hand), np.stack([one(frames[i:i + 1].numpy()) for i in range(4)]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(by_hand[0], by_hand[3], atol=1e-3)                   # the frames differ: the mean is not any one of them
+    folder = extract_embeddings(four, labels, root / "videos", tmp_path / "four", batch_size=3, progress=False, log_every=0)
+    cache = load_embeddings(folder)
+    np.testing.assert_allclose(cache.lookup(["toy_test_up_0"])[0], four(path), rtol=1e-5, atol=1e-6)
+    assert (cache.meta["num_frames"], cache.meta["pooling"]) == (4, "mean of per-frame embeddings")
+    single = load_embeddings(extract_embeddings(one, labels, root / "videos", tmp_path / "one", progress=False, log_every=0))
+    assert (single.meta["num_frames"], single.meta["pooling"]) == (1, "model")
+    assert single.meta["key"] != cache.meta["key"] and one.weights_sha256 == four.weights_sha256   # one model, two caches
+    ptr = write_pointer(folder, tmp_path / "aim1f-targets.json", "aim1f-targets")
+    assert (ptr["num_frames"], ptr["pooling"]) == (4, "mean of per-frame embeddings")
+
+
+def test_a_multi_frame_model_with_another_frame_count_is_an_error_naming_the_encoder(tmp_path):
+    with pytest.raises(ValueError, match="num_frames 8 differs from the model's 4: a multi-frame model embeds exactly"):
+        untrained_encoder(AIMConfig(**MODEL), seed=0, device="cpu", num_frames=8)
+    ckpt = tmp_path / "best.safetensors"                                        # a Stage-1 checkpoint of a 4-frame AIM
+    save_weights(create_aim("aim-tiny", num_frames=4, num_classes=2), ckpt, {"model": "aim-tiny", "num_frames": 4, "size": 64,
+                                                                             "classes": ["a", "b"]})
+    assert build_encoder(EncoderSpec(checkpoint=ckpt, num_frames=4), 0, "cpu", name="aim").num_frames == 4
+    with pytest.raises(ValueError, match=re.escape(f"embed.encoders.aim8: {ckpt}: num_frames 2 differs from the model's 4")):
+        build_encoder(EncoderSpec(checkpoint=ckpt, num_frames=2), 0, "cpu", name="aim8")
+    params = tmp_path / "params.yaml"                                            # an untrained model is checked with the params
+    params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: 12, model: "
+                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n")
+    with pytest.raises(ParamsError, match="embed.encoders.untrained: model aim-tiny: num_frames 12 differs from the model's 4"):
+        load_params(params, {"seed": int, "embed": EmbedConfig}, strict=False)
+    with pytest.raises(ValueError, match=r"num_frames must be in 1\.\.64 or null, got 0"):
+        EncoderSpec(checkpoint=ckpt, num_frames=0)

@@ -24,17 +24,36 @@ from tqdm.auto import tqdm
 
 from ..core import (atomic_dir, atomic_write, autocast, barrier, check_device, derive_seed, distributed, file_sha256, get_device,
                          load_params, resolve_amp, seed_everything, stable_hash, write_json)
-from ..models.aim import (AIM, AIMConfig, aim_cfg, cached_weights, checkpoint_file, create_aim, load_stage1, preprocess,
+from ..models.aim import (AIM, MAX_FRAMES, AIMConfig, aim_cfg, cached_weights, checkpoint_file, create_aim, load_stage1, preprocess,
                                weights_sha256)
 from ..models.io import ModelFileError, read_json_object
 from ..data.video import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root, VideoError, load_clip, resize_clip, resolve_video, segment_indices
 
 # %% auto #0
-__all__ = ['VideoEncoder', 'video_encoder_from_checkpoint', 'untrained_encoder', 'load_video_encoder', 'IncompleteEmbeddings',
-           'Embeddings', 'cache_folder', 'load_embeddings', 'extract_embeddings', 'write_pointer', 'resolve_pointer',
-           'prune_caches', 'EncoderSpec', 'EmbedConfig', 'build_encoder', 'load_embed_params', 'embed_main']
+__all__ = ['POOLINGS', 'VideoEncoder', 'video_encoder_from_checkpoint', 'untrained_encoder', 'load_video_encoder',
+           'IncompleteEmbeddings', 'Embeddings', 'cache_folder', 'load_embeddings', 'extract_embeddings',
+           'write_pointer', 'resolve_pointer', 'prune_caches', 'EncoderSpec', 'EmbedConfig', 'build_encoder',
+           'load_embed_params', 'embed_main']
 
 # %% ../../nbs/30_eval.embed.ipynb #b8420e0d
+POOLINGS = ("model", "mean of per-frame embeddings")  # how an embedding comes from its frames (meta.json `pooling`)
+
+
+class _FrameCount(ValueError):
+    "A frame count that the model cannot embed."
+
+
+def _pooling(model_frames: int, num_frames: int | None, what: str) -> tuple[int, str]:
+    "(frames an embedding sees, pooling) of a `model_frames`-frame model asked for `num_frames` (None: its own)."
+    n = model_frames if num_frames is None else num_frames
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_FRAMES:
+        raise _FrameCount(f"{what}: num_frames must be in 1..{MAX_FRAMES} or null, got {n!r}")
+    if n == model_frames: return n, POOLINGS[0]
+    if model_frames == 1: return n, POOLINGS[1]
+    raise _FrameCount(f"{what}: num_frames {n} differs from the model's {model_frames}: a multi-frame model embeds exactly the "
+                      f"frames it was built for (only a 1-frame model averages its per-frame embeddings over more frames)")
+
+
 class VideoEncoder:
     "A video encoder for retrieval: a video path, or uint8 frames [T, H, W, 3], -> raw embedding [D]."
     sampling = "center"
@@ -44,10 +63,13 @@ class VideoEncoder:
                  source: dict[str, Any],       # checkpoint, checkpoint_sha256, init_seed: where the weights come from
                  device: str | torch.device = "cpu",  # where to compute
                  amp: str = "none",            # 'bf16' (CUDA) or 'none'
+                 num_frames: int | None = None,  # frames per video; None: the model's; N > 1 for a 1-frame model: mean of N frames
                  ):
         self.device = torch.device(device)
         self.model, self.amp, self.source = model.eval().to(self.device), amp, dict(source)
-        self.variant, self.num_frames, self.size = model.variant, model.num_frames, model.patch_embed.img_size[0]
+        self.variant, self.model_frames, self.size = model.variant, model.num_frames, model.patch_embed.img_size[0]
+        what = self.source.get("checkpoint") or f"untrained {self.variant.name}"
+        self.num_frames, self.pooling = _pooling(model.num_frames, num_frames, what)
         self.weights_sha256 = weights_sha256(self.model)   # the weights as loaded: a code change that alters them changes the key
 
     @property
@@ -57,7 +79,7 @@ class VideoEncoder:
         "Everything that determines the embeddings (the cache key hashes this)."
         return {"checkpoint_sha256": self.source.get("checkpoint_sha256"), "model": self.variant.name,
                 "variant": dataclasses.asdict(self.variant), "weights_sha256": self.weights_sha256,
-                "num_frames": self.num_frames, "sampling": self.sampling, "size": self.size,
+                "num_frames": self.num_frames, "pooling": self.pooling, "sampling": self.sampling, "size": self.size,
                 "preprocessing": {"resize": "shorter side, centre crop, bilinear antialias", "mean": list(self.variant.mean),
                                   "std": list(self.variant.std)},
                 "precision": "bf16" if self.amp == "bf16" else "fp32", "init_seed": self.source.get("init_seed")}
@@ -74,10 +96,15 @@ class VideoEncoder:
 
     @torch.no_grad()
     def embed(self, clips: torch.Tensor) -> np.ndarray:  # [B, T, size, size, 3] uint8 -> [B, D] float32
-        "Raw embeddings of a batch of clips."
+        "Raw embeddings of a batch of clips (a pooling encoder: each frame alone, then the mean over the clip's frames)."
         x = preprocess(clips.to(self.device), self.variant)            # [B, T, 3, H, W]
+        B, T = x.shape[:2]
+        per_frame = self.pooling == POOLINGS[1]
+        if per_frame: x = x.reshape(B * T, 1, *x.shape[2:])           # [B*T, 1, 3, H, W]: every frame through the 1-frame model
         with autocast(self.amp, self.device): f = self.model.forward_features(x)
-        return f.float().cpu().numpy()
+        f = f.float()
+        if per_frame: f = f.reshape(B, T, -1).mean(1)                  # mean of the raw per-frame features, before any normalisation
+        return f.cpu().numpy()
 
     def __call__(self, video: str | Path | np.ndarray | torch.Tensor) -> np.ndarray:  # [D] float32
         return self.embed(self.clip(video)[None])[0]
@@ -87,18 +114,20 @@ def video_encoder_from_checkpoint(ckpt_dir: str | Path,                   # a St
                                   which: Literal["best", "last"] = "best", # which checkpoint of the run
                                   device: str = "auto",                   # 'auto', 'cpu' or 'cuda'
                                   amp: str = "auto",                      # 'auto', 'bf16' or 'none'
+                                  num_frames: int | None = None,          # frames per video (None: the model's; see `VideoEncoder`)
                                   ) -> VideoEncoder:
     "The video encoder of a trained Stage-1 checkpoint."
     path, dev = checkpoint_file(ckpt_dir, which), get_device(device)
     model, _ = load_stage1(path, device=dev)
     src = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "init_seed": None}
-    return VideoEncoder(model, src, dev, resolve_amp(amp, dev))
+    return VideoEncoder(model, src, dev, resolve_amp(amp, dev), num_frames)
 
 
 def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weights (CLIP or none)
                       seed: int,             # the project seed (random initialisation)
                       device: str = "auto",  # 'auto', 'cpu' or 'cuda'
                       amp: str = "auto",     # 'auto', 'bf16' or 'none'
+                      num_frames: int | None = None,  # frames per video (None: the model's; see `VideoEncoder`)
                       ) -> VideoEncoder:
     "An encoder without Stage-1 training: CLIP weights or a seeded random initialisation."
     dev = get_device(device)
@@ -107,7 +136,7 @@ def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weig
     weights = model.checkpoint_path or (cached_weights(aim_cfg(model.name)) if model.pretrained else None)
     src = {"checkpoint": None if weights is None else str(weights), "checkpoint_sha256": None if weights is None else file_sha256(weights),
            "init_seed": seed}
-    return VideoEncoder(m, src, dev, resolve_amp(amp, dev))
+    return VideoEncoder(m, src, dev, resolve_amp(amp, dev), num_frames)
 
 # %% ../../nbs/30_eval.embed.ipynb #344d111b
 def load_video_encoder(checkpoint: str | Path, device: str = "cpu") -> VideoEncoder:
@@ -341,7 +370,8 @@ def write_pointer(folder: str | Path,   # a cache folder
     meta = json.loads((folder / "meta.json").read_text())
     rel = os.path.relpath(folder.resolve(), path.parent.resolve())
     ptr = {"name": name, "key": meta["key"], "folder": rel, "complete": meta["complete"], "n_videos": meta["n_videos"],
-           "dim": meta["dim"], "model": meta["model"], "num_frames": meta["num_frames"], "checkpoint": meta["checkpoint"]}
+           "dim": meta["dim"], "model": meta["model"], "num_frames": meta["num_frames"], "pooling": meta.get("pooling", POOLINGS[0]),
+           "checkpoint": meta["checkpoint"]}
     write_json(path, ptr)
     return ptr
 
@@ -367,10 +397,14 @@ class EncoderSpec:
     checkpoint: Path | None = None          # Stage-1 run folder (e.g. models/stage1/aim); null: untrained encoder from `model`
     model: AIMConfig | None = None          # with checkpoint null: variant, frames, CLIP weights or seeded random init
     which: Literal["best", "last"] = "best" # which checkpoint of the run
+    num_frames: int | None = None           # frames an embedding sees; null: the model's own; N > 1 for a 1-frame model: the
+                                            # mean of N per-frame embeddings (the image baseline's targets)
 
     def __post_init__(self):
         if (self.checkpoint is None) == (self.model is None):
             raise ValueError("give either checkpoint (a Stage-1 run) or model (an untrained encoder), not both or neither")
+        if self.model is not None: _pooling(self.model.num_frames, self.num_frames, f"model {self.model.name}")
+        elif self.num_frames is not None: _pooling(1, self.num_frames, f"checkpoint {self.checkpoint}")   # the range; the model is checked when built
 
 
 @dataclasses.dataclass
@@ -391,10 +425,17 @@ class EmbedConfig:
         if not 0 <= self.num_workers <= 256: raise ValueError(f"num_workers must be in 0..256, got {self.num_workers}")
 
 
-def build_encoder(spec: EncoderSpec, seed: int, device: str = "auto", amp: str = "auto") -> VideoEncoder:
+def build_encoder(spec: EncoderSpec,       # the encoder's entry of `embed.encoders`
+                  seed: int,               # the project seed (an untrained encoder's initialisation)
+                  device: str = "auto",    # 'auto', 'cpu' or 'cuda'
+                  amp: str = "auto",       # 'auto', 'bf16' or 'none'
+                  name: str = "",          # its name in `embed.encoders` (named in a frame-count error)
+                  ) -> VideoEncoder:
     "The encoder an `EncoderSpec` describes."
-    if spec.checkpoint is not None: return video_encoder_from_checkpoint(spec.checkpoint, spec.which, device, amp)
-    return untrained_encoder(spec.model, seed, device, amp)
+    try:
+        if spec.checkpoint is not None: return video_encoder_from_checkpoint(spec.checkpoint, spec.which, device, amp, spec.num_frames)
+        return untrained_encoder(spec.model, seed, device, amp, spec.num_frames)
+    except _FrameCount as e: raise ValueError(f"embed.encoders.{name or '?'}: {e}") from None
 
 
 def load_embed_params(params_file: str | Path) -> tuple[EmbedConfig, int]:
@@ -415,7 +456,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     if a.name not in cfg.encoders: raise ValueError(f"{a.params}: embed.encoders.{a.name}: no such encoder (known: {', '.join(cfg.encoders)})")
     labels, roots = pd.read_parquet(a.labels), args_roots(a)
     with distributed(cfg.device) as d:
-        enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp)
+        enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp, a.name)
         folder = extract_embeddings(enc, labels, roots, a.cache_root or Path("embeddings") / a.name, cfg.batch_size,
                                     cfg.shard_size, cfg.num_workers)
     if d.main:
