@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from tfcovr.eval.metrics import (ap_at_k, map_at_k, per_query_metrics, per_query_metrics_from_embeddings, recall_at_k,
-                            retrieval_metrics, retrieval_metrics_from_embeddings, summarize_metrics)
+from tfcovr.eval.metrics import (ap_at_k, map_at_k, per_query_metrics, per_query_metrics_from_embeddings,
+                                 per_query_metrics_from_lists, recall_at_k, retrieval_metrics,
+                                 retrieval_metrics_from_embeddings, retrieval_metrics_from_lists, summarize_metrics)
 
 
 def brute_force(sim, rel, excl, ks):
@@ -70,7 +71,7 @@ SIM = np.array([[.9, .8, .7, .6, .5, .4]])  # ranking = index order
 def test_hand_worked_ap(gts, k, expected):
     rel = np.zeros_like(SIM, dtype=bool)
     rel[0, gts] = True
-    pq = per_query_metrics(SIM, rel, ks=(k,))
+    pq = per_query_metrics(SIM, rel, ks=(k,), first_hit=True)
     assert pq[f"AP@{k}"][0] == pytest.approx(expected)
     assert pq["first_hit_rank"][0] == min(gts) + 1
     assert retrieval_metrics(SIM, rel, ks=(k,))[f"mAP@{k}"] == pytest.approx(100 * expected)
@@ -92,7 +93,7 @@ def test_exclusion_removes_the_query_from_its_ranking():
     rel[0, [0, 2]] = True            # item 0 is the query itself and carries the target label
     excl = np.zeros_like(rel)
     excl[0, 0] = True
-    pq = per_query_metrics(SIM, rel, ks=(5,), exclude=excl)
+    pq = per_query_metrics(SIM, rel, ks=(5,), exclude=excl, first_hit=True)
     assert pq["AP@5"][0] == pytest.approx(1 / 2)        # item 2 moves up to rank 2
     assert pq["n_relevant"][0] == 1
     assert pq["first_hit_rank"][0] == 2
@@ -119,7 +120,7 @@ def test_query_without_gt_raises_naming_it():
 def test_ties_broken_by_lower_gallery_index():
     sim = np.array([[.5, .5, .5, .9, .5]])
     rel = np.array([[False, False, True, False, False]])
-    pq = per_query_metrics(sim, rel, ks=(2, 3, 5))
+    pq = per_query_metrics(sim, rel, ks=(2, 3, 5), first_hit=True)
     assert pq["top_index"][0].tolist() == [3, 0, 1, 2, 4]
     assert pq["first_hit_rank"][0] == 4
     assert pq["AP@5"][0] == pytest.approx(1 / 4)
@@ -132,7 +133,7 @@ def test_all_equal_scores_rank_by_index():
     sim = np.zeros((2, 40), np.float32)
     rel = np.zeros((2, 40), bool)
     rel[0, 7] = rel[1, 39] = True
-    pq = per_query_metrics(sim, rel, ks=(10, 25))
+    pq = per_query_metrics(sim, rel, ks=(10, 25), first_hit=True)
     assert pq["first_hit_rank"].tolist() == [8, 40]
     assert pq["top_index"][0].tolist() == list(range(25))
     assert pq["AP@10"].tolist() == pytest.approx([1 / 8, 0.0])
@@ -164,8 +165,8 @@ def test_chunked_equals_dense_and_reference(seed, integer, G):
     qe, ge, ql, gl, qgi = labelled_problem(seed, Q, G, 16, min(40, G // 2), integer=integer)
     sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)
     # float64 similarities are exact for the integer case and order-stable for the continuous one
-    chunked = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, chunk_size=64, dtype=torch.float64)
-    dense = per_query_metrics(sim, rel, ks, excl, chunk_size=100)
+    chunked = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, chunk_size=64, dtype=torch.float64, first_hit=True)
+    dense = per_query_metrics(sim, rel, ks, excl, chunk_size=100, first_hit=True)
     for key in ["first_hit_rank", "n_relevant", "hits", "top_index"] + [f"AP@{k}" for k in ks]:
         np.testing.assert_array_equal(chunked[key], dense[key], err_msg=key)
     ap, first, metrics = brute_force(sim, rel & ~excl, excl, ks)
@@ -197,7 +198,7 @@ def test_ties_do_not_depend_on_topk_tie_order(monkeypatch):
     _, first, ref = brute_force(sim, rel & ~excl, excl, (1, 5, 10))
     monkeypatch.setattr(torch.Tensor, "topk", _topk_highest_index_first)
     assert torch.tensor([[1., 2., 2., 0., 2.]]).topk(2, 1).indices.tolist() == [[4, 2]]   # the patch is active
-    pq = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, (1, 5, 10), chunk_size=40)
+    pq = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, (1, 5, 10), chunk_size=40, first_hit=True)
     np.testing.assert_array_equal(pq["first_hit_rank"], first)
     got = summarize_metrics(pq, (1, 5, 10))
     for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
@@ -242,16 +243,15 @@ def brute_top(sim, rel, excl, kmax):
 
 
 @pytest.mark.parametrize("seed,integer,exclusion,G,ks", [
-    (10, False, "index", 1500, (1, 5, 10, 25, 50)),   # candidates from block maxima, one excluded index per query
+    (10, False, "index", 1500, (1, 5, 10, 25, 50)),   # candidates from the best blocks, one excluded index per query
     (11, True, "index", 1500, (1, 5, 10, 25, 50)),    # ties at every cut
-    (12, True, "few", 1200, (5, 10)),                 # a bool mask with a few excluded items per row (no copy)
-    (13, False, "many", 1200, (5, 10)),               # more excluded items per row than the selection steps over
+    (12, True, "few", 1200, (5, 10)),                 # a bool mask with a few excluded items per row
+    (13, False, "many", 1200, (5, 10)),               # a bool mask with many excluded items per row
     (14, True, "none", 900, (1, 10)),
     (15, True, "index", 30, (5, 50)),                 # K larger than the gallery
 ])
 def test_fast_path_equals_brute_force(seed, integer, exclusion, G, ks):
     "Top indices, hits, |G_q|, AP@K, R@K and (when asked) the first-hit rank equal the per-query reference."
-    from tfcovr.eval.metrics import _MAX_SHIFT, _candidates
     Q, kmax = 90, max(ks)
     qe, ge, ql, gl, qgi = labelled_problem(seed, Q, G, 6, G // 3, integer=integer, own_fraction=0.7)  # ~3 GTs each
     sim, rel, _ = dense_inputs(qe, ge, ql, gl, qgi)
@@ -260,13 +260,12 @@ def test_fast_path_equals_brute_force(seed, integer, exclusion, G, ks):
     if exclusion == "index": excl[np.flatnonzero(qgi >= 0), qgi[qgi >= 0]] = True
     elif exclusion == "few": excl = r.random(rel.shape) < 3 / G
     elif exclusion == "many": excl = r.random(rel.shape) < 0.05
-    if exclusion == "few": assert excl.sum(1).max() <= _MAX_SHIFT
-    if exclusion == "many": assert excl.sum(1).min() > _MAX_SHIFT
+    if exclusion == "few": assert excl.sum(1).max() <= 16
+    if exclusion == "many": assert excl.sum(1).min() > 16
     rel[np.arange(Q), r.integers(0, G, Q)] = True          # at least one GT, most likely not excluded
     for i in np.flatnonzero(~(rel & ~excl).any(1)): rel[i, np.flatnonzero(~excl[i])[0]] = True
     n_gt = (rel & ~excl).sum(1)
     assert (n_gt < kmax).any()                              # queries with fewer GTs than K
-    if G > 100: assert _candidates(torch.zeros(1, G), kmax + 1 + 1) is not None  # the block-maximum path is taken
     ap, first, ref = brute_force(sim, rel & ~excl, excl, ks)
     top, hits = brute_top(sim, rel & ~excl, excl, kmax)
     for fh in (True, False):
@@ -289,11 +288,138 @@ def test_embeddings_fast_path_equals_brute_force():
     sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)
     ap, first, ref = brute_force(sim, rel & ~excl, excl, ks)
     top, hits = brute_top(sim, rel & ~excl, excl, max(ks))
-    pq = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, chunk_size=30)   # float32: integer sims are exact
+    pq = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, chunk_size=30, first_hit=True)  # float32: integer sims are exact
     np.testing.assert_array_equal(pq["top_index"], top)
     np.testing.assert_array_equal(pq["hits"], hits)
     np.testing.assert_array_equal(pq["first_hit_rank"], first)
     for k in ks: np.testing.assert_allclose(pq[f"AP@{k}"], ap[k], rtol=0, atol=1e-12)
-    assert "first_hit_rank" not in per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, first_hit=False)
+    assert "first_hit_rank" not in per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks)
     got = retrieval_metrics_from_embeddings(qe, ge, ql, gl, qgi, ks, chunk_size=30)
     for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
+
+
+# ---------------------------------------------------------------- the block selection
+
+@pytest.mark.parametrize("G,kk", [(30, 6), (200, 51), (1500, 1), (1500, 11), (3001, 51), (10007, 51)])
+@pytest.mark.parametrize("kind", ["continuous", "integer", "excluded"])
+def test_top_selects_the_best_scores(G, kk, kind):
+    "The kk best scores of every row, as topk over the whole row finds them, each item once."
+    from tfcovr.eval.metrics import _top
+    g = torch.Generator().manual_seed(G + kk)
+    s = torch.randn(24, G, generator=g) if kind == "continuous" else torch.randint(0, 40, (24, G), generator=g).float()
+    s[0] = 0.0                                            # one tie over the whole row
+    s[1, :G - 3] = float("-inf")                          # fewer finite items than kk in a block-sized row
+    if kind == "excluded": s[torch.rand(24, G, generator=g) < 0.2] = float("-inf")
+    v, i = _top(s, kk)
+    assert torch.equal(v, s.topk(kk, dim=1).values)
+    assert torch.equal(s.gather(1, i), v)
+    assert all(len(set(r)) == kk for r in i.tolist())
+
+
+# ---------------------------------------------------------------- ground truths as lists
+
+def list_problem(seed, Q, G, D, integer, max_gt=8, max_excl=4):
+    "Random embeddings; per query a random set of GTs and a disjoint random set of excluded items; their dense masks."
+    r = np.random.default_rng(seed)
+    qe, ge = r.standard_normal((Q, D)), r.standard_normal((G, D))
+    if integer: qe, ge = np.clip(np.round(qe), -2, 2), np.clip(np.round(ge), -2, 2)   # exact sims, many ties
+    rel = [r.choice(G, r.integers(1, max_gt + 1), replace=False) for _ in range(Q)]
+    excl = [r.choice(np.setdiff1d(np.arange(G), g_), r.integers(0, max_excl + 1), replace=False) for g_ in rel]
+    rel_d, excl_d = np.zeros((Q, G), bool), np.zeros((Q, G), bool)
+    for i in range(Q): rel_d[i, rel[i]], excl_d[i, excl[i]] = True, True
+    return qe.astype(np.float32), ge.astype(np.float32), rel, excl, rel_d, excl_d
+
+
+@pytest.mark.parametrize("seed,integer,G,chunk", [(30, False, 1500, 32), (31, True, 1500, 25), (32, True, 37, 7),
+                                                  (33, True, 6, 4), (34, False, 400, 1000)])
+def test_lists_equal_dense_masks_and_reference(seed, integer, G, chunk):
+    "Every output equals per_query_metrics on the equivalent dense masks and the one-query-at-a-time reference."
+    Q, ks = 70, (1, 5, 10, 50)
+    qe, ge, rel, excl, rel_d, excl_d = list_problem(seed, Q, G, 6, integer, max_gt=min(8, G // 2), max_excl=min(4, G // 3))
+    sim = qe.astype(np.float64) @ ge.astype(np.float64).T   # exact in float32 too for the integer case
+    dtype = torch.float32 if integer else torch.float64     # float64: the reference's order for continuous scores
+    pq = per_query_metrics_from_lists(qe, ge, rel, excl, ks, chunk_size=chunk, dtype=dtype, first_hit=True)
+    dense = per_query_metrics(sim, rel_d, ks, excl_d, first_hit=True)
+    assert list(pq) == list(dense)
+    if integer:
+        for key in dense: np.testing.assert_array_equal(pq[key], dense[key], err_msg=key)
+    ap, first, ref = brute_force(sim, rel_d, excl_d, ks)
+    top, hits = brute_top(sim, rel_d, excl_d, max(ks))
+    np.testing.assert_array_equal(pq["top_index"], top)
+    np.testing.assert_array_equal(pq["hits"], hits)
+    np.testing.assert_array_equal(pq["first_hit_rank"], first)
+    np.testing.assert_array_equal(pq["n_relevant"], [len(r) for r in rel])
+    for k in ks: np.testing.assert_allclose(pq[f"AP@{k}"], ap[k], rtol=0, atol=1e-12)
+    got = retrieval_metrics_from_lists(qe, ge, rel, excl, ks, chunk_size=chunk, dtype=dtype)
+    assert list(got) == list(ref)
+    for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
+
+
+def test_lists_hand_worked_circo_convention():
+    "AP@K = sum_{k<=K} rel_k P@k / min(|G_q|, K), with the excluded items out of the ranking."
+    ge = np.eye(6, dtype=np.float32)
+    qe = np.array([[.9, .8, .7, .6, .5, .4]] * 3, np.float32)    # ranking = index order
+    pq = per_query_metrics_from_lists(qe, ge, [[0, 2, 5], [3], [1, 2, 3, 4]], [[], [0, 1], [0]], ks=(2, 5), first_hit=True)
+    np.testing.assert_allclose(pq["AP@5"], [(1 + 2 / 3) / 3, 1 / 2, 1.0])   # query 1: ranking 2, 3, 4, 5
+    np.testing.assert_allclose(pq["AP@2"], [1 / 2, 1 / 2, 1.0])             # min(|G_q|, 2) = 2, 1, 2
+    assert pq["first_hit_rank"].tolist() == [1, 2, 1]
+    assert pq["top_index"][1].tolist() == [2, 3, 4, 5, -1]
+
+
+def test_lists_from_labels_equal_label_path():
+    "GT lists built from labels, the query's own video excluded, give the label path's numbers exactly."
+    Q, G = 120, 1300
+    qe, ge, ql, gl, qgi = labelled_problem(40, Q, G, 8, 200, integer=True, own_fraction=1.0)
+    own = qgi.numpy()
+    rel = [np.setdiff1d(np.flatnonzero(gl.numpy() == ql[i].item()), [own[i]]) for i in range(Q)]
+    by_label = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, chunk_size=50, first_hit=True)
+    by_list = per_query_metrics_from_lists(qe, ge, rel, [[o] for o in own], chunk_size=50, first_hit=True)
+    assert list(by_list) == list(by_label)
+    for key in by_label: np.testing.assert_array_equal(by_list[key], by_label[key], err_msg=key)
+
+
+def test_first_hit_only_when_asked():
+    qe, ge, ql, gl, qgi = labelled_problem(41, 10, 30, 4, 5)
+    sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)
+    lists = [np.flatnonzero(r) for r in rel & ~excl]
+    outs = [per_query_metrics(sim, rel, exclude=excl), per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi),
+            per_query_metrics_from_lists(qe, ge, lists)]
+    for pq in outs: assert list(pq) == ["AP@5", "AP@10", "AP@25", "AP@50", "n_relevant", "hits", "top_index"]
+    asked = per_query_metrics_from_lists(qe, ge, lists, first_hit=True)
+    assert list(asked) == ["AP@5", "AP@10", "AP@25", "AP@50", "first_hit_rank", "n_relevant", "hits", "top_index"]
+
+
+@pytest.mark.parametrize("relevant,exclude,message", [
+    ([[1], []], None, "query 1 has no relevant, non-excluded gallery item"),
+    ([[1], [2, 3, 2]], None, "query 1: relevant lists gallery index 2 more than once"),
+    ([[1], [4]], None, r"query 1: relevant gallery index 4 is outside \[0, 4\)"),
+    ([[-1], [2]], None, r"query 0: relevant gallery index -1 is outside \[0, 4\)"),
+    ([[1], [2]], [[0], [7]], r"query 1: exclude gallery index 7 is outside \[0, 4\)"),
+    ([[1], [2, 3]], [[0], [3]], "query 1: gallery index 3 is both relevant and excluded"),
+    ([[1], [2.0]], None, "query 1: relevant must hold integer gallery indices"),
+    ([[1], [[2]]], None, "query 1: relevant must be a 1-d list of gallery indices"),
+    ([1, [2]], None, "query 0: relevant must be a 1-d list of gallery indices"),
+    ([[1], [2], [3]], None, "relevant must hold one index list per query: expected 2, got 3"),
+    ([[1], [2]], [[0]], "exclude must hold one index list per query: expected 2, got 1"),
+    (5, None, "relevant must be a sequence of 2 index lists"),
+])
+def test_lists_bad_input_raises(relevant, exclude, message):
+    qe, ge = np.ones((2, 3), np.float32), np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=message):
+        per_query_metrics_from_lists(qe, ge, relevant, exclude)
+
+
+def test_lists_accept_arrays_tensors_and_repeated_exclusions():
+    qe, ge, rel, excl, _, _ = list_problem(42, 20, 300, 5, True)
+    a = per_query_metrics_from_lists(qe, ge, rel, excl)
+    b = per_query_metrics_from_lists(torch.from_numpy(qe), torch.from_numpy(ge), [torch.from_numpy(r) for r in rel],
+                                     [list(e) + list(e) for e in excl])
+    for key in a: np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_lists_gpu_matches_cpu():
+    qe, ge, rel, excl, _, _ = list_problem(43, 200, 1500, 16, True)
+    cpu = per_query_metrics_from_lists(qe, ge, rel, excl, first_hit=True)
+    gpu = per_query_metrics_from_lists(torch.from_numpy(qe).cuda(), torch.from_numpy(ge).cuda(), rel, excl, first_hit=True)
+    for key in cpu: np.testing.assert_array_equal(gpu[key], cpu[key], err_msg=key)

@@ -5,6 +5,7 @@
 # %% ../../nbs/31_eval.metrics.ipynb #b757efb5
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -13,7 +14,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['ArrayLike', 'DEFAULT_KS', 'ap_at_k', 'map_at_k', 'recall_at_k', 'summarize_metrics', 'per_query_metrics',
-           'retrieval_metrics', 'per_query_metrics_from_embeddings', 'retrieval_metrics_from_embeddings']
+           'retrieval_metrics', 'per_query_metrics_from_embeddings', 'retrieval_metrics_from_embeddings',
+           'per_query_metrics_from_lists', 'retrieval_metrics_from_lists']
 
 # %% ../../nbs/31_eval.metrics.ipynb #47fc3eac
 ArrayLike = np.ndarray | torch.Tensor
@@ -79,95 +81,75 @@ def recall_at_k(
 
 # %% ../../nbs/31_eval.metrics.ipynb #25382a7c
 _MISS_ROWS = 256  # rows per group when counting the rank of a GT beyond the top K
-_MAX_SHIFT = 16   # excluded items per row that the selection steps over without a masked copy of the chunk
+_NEG = float("-inf")
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:
-    "Row-wise number of True in a [q, G] bool mask, int64 (summing a uint8 view is faster than summing bools)."
-    return mask.view(torch.uint8).sum(1, dtype=torch.int32).long()
+    "Row-wise number of True in a [q, G] bool mask, int64."
+    return mask.sum(1)
 
 
-def _candidates(
-    s: torch.Tensor,  # [q, G] float scores
-    need: int,        # how many of its best items each row must keep
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:  # scores [q, c], gallery indices [q, c], overflow [q]; None: gallery too small
-    "Per row, the items scoring at least its `need`-th largest block maximum (a superset of its top `need`), packed into `c = 4 * need` columns."
+def _top(
+    s: torch.Tensor,  # [q, G] float scores, finite or -inf (excluded)
+    kk: int,          # how many of its best items each row keeps, 1 <= kk <= G
+) -> tuple[torch.Tensor, torch.Tensor]:  # scores [q, kk] sorted descending (equal scores in no defined order), gallery indices [q, kk]
+    "The `kk` best items of each row, selected among the items of the row's `kk` best blocks instead of the whole row."
     q, G = s.shape
-    B = min(64, G // (4 * need))                                     # block width: at least 4 * need blocks
-    if B < 4: return None
+    B = G // max(1, math.isqrt(G * kk))                              # block size: about sqrt(G * kk) blocks of B items
+    if B < 2: return s.topk(kk, dim=1)
     nb = G // B
-    bm = s[:, :nb * B].reshape(q, nb, B).amax(2)                     # [q, nb] block maxima (a view of s, no copy)
-    t = bm.topk(need, dim=1).values[:, -1:]                          # `need` blocks hold an item >= t, so
-    mask = s >= t                                                    # at least `need` items per row pass
-    n = _count(mask)
-    cap = 4 * need
-    rows, cols = mask.nonzero(as_tuple=True)                         # row-major: each row's items in index order
-    pos = torch.arange(len(rows), device=s.device) - (n.cumsum(0) - n)[rows]  # place within the row
-    keep = pos < cap
-    rows, cols, pos = rows[keep], cols[keep], pos[keep]
-    vals = s.new_full((q, cap), float("-inf"))                       # padding: -inf, never selected ahead of an item
-    vals[rows, pos] = s[rows, cols]
-    idx = torch.zeros((q, cap), dtype=torch.long, device=s.device)
-    idx[rows, pos] = cols
-    return vals, idx, n > cap
+    bm = s[:, :nb * B].reshape(q, B, nb).amax(1)                     # [q, nb] maxima of the blocks {b, b + nb, b + 2 nb, ...}
+    bv, bi = bm.topk(kk, dim=1, sorted=False)                        # the kk best blocks each hold an item >= t, so
+    t = bv.amin(1, keepdim=True)                                     # the kk-th best item of the row is >= t
+    idx = (bi.unsqueeze(2) + nb * torch.arange(B, device=s.device)).reshape(q, kk * B)
+    if nb * B < G: idx = torch.cat([idx, torch.arange(nb * B, G, device=s.device).expand(q, -1)], 1)  # the last G % B items
+    vals, j = s.gather(1, idx).topk(kk, dim=1)
+    top = idx.gather(1, j)
+    redo = (_count(bm >= t) > kk).nonzero().flatten()                # another block reaches t: an item outside may tie
+    if len(redo): vals[redo], top[redo] = s[redo].topk(kk, dim=1)
+    return vals, top
 
 
 def _rank_chunk(
     sim: torch.Tensor,         # [q, G] float, similarities of a chunk of queries to the gallery
-    rel: torch.Tensor,         # [q, G] bool, relevance
-    excl: torch.Tensor | None, # [q, G] bool mask or [q] int gallery index (-1: none) of excluded items, or None
+    rel: torch.Tensor | tuple[torch.Tensor, torch.Tensor],  # [q, G] bool relevance, or (gallery labels [G], query labels [q]) codes
+    excl: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,  # excluded items: [q, G] bool mask, [q] int gallery index (-1: none), (rows, cols) pairs, or None
     kmax: int,                 # how many top ranks to return
     offset: int = 0,           # index of the chunk's first query, for error messages
     owned: bool = False,       # True: `sim` may be modified in place
-    n_rel: torch.Tensor | None = None,  # [q] |G_q| when already known (from labels), else counted
-    first_hit: bool = True,    # also compute the rank of the first GT over the full ranking (a row pass per query missing the top K)
+    n_rel: torch.Tensor | None = None,  # [q] |G_q| when already known, else counted (bool `rel` only)
+    first_hit: bool = False,   # also compute the rank of the first GT over the full ranking (a row pass per query missing the top K)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:  # top [q, kmax], hits [q, kmax], |G_q| [q], first-hit rank [q] or None
     "Stable top-`kmax` ranking of a chunk of queries: gallery indices (-1 past the end), hits, |G_q| and, if asked, first-hit rank."
     q, G = sim.shape
-    neg, dev = float("-inf"), sim.device
-    lo = sim.amin(1)                                                 # [q]; NaN and -inf show here
-    s, shift = sim, 0                                                # shift: excluded items per row left in s
-    if excl is not None and excl.dtype == torch.bool:
-        if n_rel is None: n_rel = (rel.view(torch.uint8) > excl.view(torch.uint8)).sum(1, dtype=torch.int32).long()
-        if owned: s = s.masked_fill_(excl, neg)
-        else:
-            shift = int(_count(excl).max())
-            if shift > _MAX_SHIFT: s, shift = s.masked_fill(excl, neg), 0
-
-        def excluded(r: torch.Tensor, i: torch.Tensor) -> torch.Tensor: return excl[r].gather(1, i)
-        def masked(r: torch.Tensor) -> torch.Tensor: return s[r].masked_fill_(excl[r], neg)
-    elif excl is not None:
-        own = (excl >= 0).nonzero().flatten()
-        if n_rel is None:
-            n_rel = _count(rel)
-            n_rel[own] -= rel[own, excl[own]].long()
-        if owned: s[own, excl[own]] = neg
-        else: shift = 1
-
-        def excluded(r: torch.Tensor, i: torch.Tensor) -> torch.Tensor: return i == excl[r, None]
-        def masked(r: torch.Tensor) -> torch.Tensor:
-            m, e = s[r], excl[r]                                     # s[r] is a copy
-            o = (e >= 0).nonzero().flatten()
-            m[o, e[o]] = neg
-            return m
+    dev = sim.device
+    bad = (~torch.isfinite(sim.amin(1))).nonzero().flatten()         # NaN and -inf show in the row minimum
+    if len(bad): raise ValueError(f"query {offset + int(bad[0])}: similarity is not finite (NaN or inf)")
+    if isinstance(rel, torch.Tensor):
+        def rel_at(i: torch.Tensor) -> torch.Tensor: return rel.gather(1, i)
+        def rel_rows(r: torch.Tensor) -> torch.Tensor: return rel[r]
+        def rel_pairs(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor: return rel[r, c]
+    else:                                                            # labels: no [q, G] mask is built
+        gl, ql = rel
+        def rel_at(i: torch.Tensor) -> torch.Tensor: return gl[i] == ql[:, None]
+        def rel_rows(r: torch.Tensor) -> torch.Tensor: return gl[None, :] == ql[r, None]
+        def rel_pairs(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor: return gl[c] == ql[r]
+    if excl is None: er = ec = None
+    elif isinstance(excl, tuple): er, ec = excl
+    elif excl.dtype == torch.bool: er, ec = excl.nonzero(as_tuple=True)
     else:
-        if n_rel is None: n_rel = _count(rel)
-        excluded = None
-        def masked(r: torch.Tensor) -> torch.Tensor: return s[r]
+        er = (excl >= 0).nonzero().flatten()
+        ec = excl[er]
+    if n_rel is None:                                                # pairs from a mask or an index are distinct
+        n_rel = _count(rel)
+        if er is not None and len(er): n_rel = n_rel - torch.bincount(er[rel_pairs(er, ec)], minlength=q)
+    s = sim
+    if er is not None and len(er):                                   # excluded items score -inf: after every real score
+        if not owned: s = sim.clone()
+        s[er, ec] = _NEG
     k = min(kmax, G)
-    kk = min(k + 1, G)
-    cand = _candidates(s, kk + shift)
-    if cand is None:                                                 # small gallery: topk over the rows
-        redo = torch.arange(q, device=dev)
-        vals, top = s.new_empty((q, kk)), torch.empty((q, kk), dtype=torch.long, device=dev)
-    else:
-        cv, ci, over = cand
-        if excluded is not None: cv.masked_fill_(excluded(torch.arange(q, device=dev), ci), neg)
-        vals, j = cv.topk(kk, dim=1)                                 # [q, k(+1)] sorted; ties in no defined order
-        top = ci.gather(1, j)
-        redo = (over | (vals[:, -1] == neg)).nonzero().flatten()     # too many candidates (ties), or too few left
-    if len(redo): vals[redo], top[redo] = masked(redo).topk(kk, dim=1)
-    bad = (~torch.isfinite(lo) | (vals[:, 0] == float("inf"))).nonzero().flatten()  # +inf shows at the top
+    vals, top = _top(s, min(k + 1, G))
+    bad = (vals[:, 0] == float("inf")).nonzero().flatten()           # +inf shows at the top
     if len(bad): raise ValueError(f"query {offset + int(bad[0])}: similarity is not finite (NaN or inf)")
     none = (n_rel == 0).nonzero().flatten()
     if len(none):
@@ -176,16 +158,18 @@ def _rank_chunk(
     cut = (torch.isfinite(vals[:, k - 1]) & (vals[:, k] == vals[:, k - 1]) if k < G  # the K-th score is shared
            else torch.zeros(q, dtype=torch.bool, device=dev))                       # by an item past the cut
     vals, top = vals[:, :k], top[:, :k]
-    top, perm = top.sort(dim=1)                                      # index ascending ...
-    vals, order = vals.gather(1, perm).sort(dim=1, descending=True, stable=True)  # ... then score descending
-    top = top.gather(1, order)
-    if bool(cut.any()):
-        rows = cut.nonzero().flatten()
-        v, i = masked(rows).sort(dim=1, descending=True, stable=True)
+    tied = (((vals[:, 1:] == vals[:, :-1]) & (vals[:, 1:] > _NEG)).any(1) & ~cut).nonzero().flatten()
+    if len(tied):                                                    # equal scores inside the top K: index ascending ...
+        t, perm = top[tied].sort(dim=1)
+        v, order = vals[tied].gather(1, perm).sort(dim=1, descending=True, stable=True)  # ... then score descending
+        vals[tied], top[tied] = v, t.gather(1, order)
+    rows = cut.nonzero().flatten()
+    if len(rows):                                                    # a tie across the cut: a full stable sort of the row
+        v, i = s[rows].sort(dim=1, descending=True, stable=True)
         vals[rows], top[rows] = v[:, :k], i[:, :k]
-    past = vals == neg                                               # excluded: past the end of the ranking
+    past = vals == _NEG                                              # excluded: past the end of the ranking
     top = top.masked_fill(past, -1)
-    hits = rel.gather(1, top.clamp(min=0)) & ~past                   # [q, k]
+    hits = rel_at(top.clamp(min=0)) & ~past                          # [q, k]
     if k < kmax:                                                     # gallery shorter than kmax
         top = torch.cat([top, top.new_full((q, kmax - k), -1)], 1)
         hits = torch.cat([hits, hits.new_zeros((q, kmax - k))], 1)
@@ -196,8 +180,8 @@ def _rank_chunk(
     idx = torch.arange(G, device=dev)
     for j in range(0, len(miss), _MISS_ROWS):
         r = miss[j:j + _MISS_ROWS]
-        sm = masked(r)                                               # [m, G], excluded at -inf
-        best = torch.where(rel[r], sm, neg).argmax(1, keepdim=True)  # [m, 1] first maximal = lowest index
+        sm = s[r]                                                    # [m, G], excluded at -inf
+        best = torch.where(rel_rows(r), sm, _NEG).argmax(1, keepdim=True)  # [m, 1] first maximal = lowest index
         sb = sm.gather(1, best)
         first[r] = 1 + _count(sm > sb)                               # excluded (-inf) never ahead
         tied = (_count(sm == sb) > 1).nonzero().flatten()            # equal scores at lower indices rank ahead
@@ -206,7 +190,7 @@ def _rank_chunk(
 
 # %% ../../nbs/31_eval.metrics.ipynb #c232f4e9
 def _collect(chunks: Iterator[tuple], n_queries: int, ks: tuple[int, ...], owned: bool = False,
-             first_hit: bool = True) -> dict[str, np.ndarray]:
+             first_hit: bool = False) -> dict[str, np.ndarray]:
     "Run `_rank_chunk` over `(offset, sim, rel, excl, n_rel or None)` chunks and gather the per-query outputs."
     kmax = max(ks)
     top = np.empty((n_queries, kmax), np.int64)
@@ -256,9 +240,9 @@ def per_query_metrics(
     ks: Sequence[int] = DEFAULT_KS,     # cut-offs K
     exclude: ArrayLike | None = None,   # [Q, G] bool, items removed from the query's ranking (the query itself)
     chunk_size: int = 1024,             # queries ranked at once
-    first_hit: bool = True,             # also return "first_hit_rank" (a full-row pass per query without a hit in the top K)
+    first_hit: bool = False,            # also return "first_hit_rank" (a full-row pass per query without a hit in the top K)
 ) -> dict[str, np.ndarray]:             # "AP@K" [Q], "first_hit_rank" [Q] (if asked), "n_relevant" [Q], "hits"/"top_index" [Q, max(ks)]
-    "Per-query AP@K (in [0, 1]), first-hit rank and top-ranked gallery indices from a similarity matrix."
+    "Per-query AP@K (in [0, 1]), top-ranked gallery indices and, if asked, first-hit rank from a similarity matrix."
     ks = _check_ks(ks)
     S = _float(_tensor(sim), "sim")
     if S.ndim != 2 or 0 in S.shape: raise ValueError(f"sim must be a non-empty [Q, G], got shape {tuple(S.shape)}")
@@ -294,6 +278,18 @@ def _label_codes(query_labels: ArrayLike, gallery_labels: ArrayLike) -> tuple[np
     return codes[len(gl):].astype(np.int64), codes[:len(gl)].astype(np.int64)
 
 
+def _embeddings(query_emb: ArrayLike, gallery_emb: ArrayLike, dtype: torch.dtype,
+                chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Query [Q, D] and gallery [G, D] embeddings as `dtype` tensors on the gallery's device, checked."
+    g = _float(_tensor(gallery_emb), "gallery_emb").to(dtype)
+    q = _float(_tensor(query_emb), "query_emb").to(device=g.device, dtype=dtype)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"query_emb [Q, D] and gallery_emb [G, D] must share D, got {tuple(q.shape)} and {tuple(g.shape)}")
+    if q.shape[0] == 0 or g.shape[0] == 0: raise ValueError(f"no queries or an empty gallery: Q={q.shape[0]}, G={g.shape[0]}")
+    if chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return q, g
+
+
 def per_query_metrics_from_embeddings(
     query_emb: ArrayLike,                            # [Q, D] query embeddings
     gallery_emb: ArrayLike,                          # [G, D] gallery embeddings (unique videos)
@@ -304,16 +300,12 @@ def per_query_metrics_from_embeddings(
     chunk_size: int = 512,                           # queries ranked at once; peak memory ~ a few [chunk_size, G]
     dtype: torch.dtype = torch.float32,              # precision of the similarity
     progress: bool = False,                          # show a progress bar over chunks
-    first_hit: bool = True,                          # also return "first_hit_rank" (a full-row pass per query without a hit in the top K)
+    first_hit: bool = False,                         # also return "first_hit_rank" (a full-row pass per query without a hit in the top K)
 ) -> dict[str, np.ndarray]:                          # same keys as `per_query_metrics`
     "Per-query metrics from embeddings and labels, ranked chunk by chunk without a [Q, G] matrix."
     ks = _check_ks(ks)
-    g = _float(_tensor(gallery_emb), "gallery_emb").to(dtype)
-    q = _float(_tensor(query_emb), "query_emb").to(device=g.device, dtype=dtype)
-    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise ValueError(f"query_emb [Q, D] and gallery_emb [G, D] must share D, got {tuple(q.shape)} and {tuple(g.shape)}")
+    q, g = _embeddings(query_emb, gallery_emb, dtype, chunk_size)
     Q, G = q.shape[0], g.shape[0]
-    if Q == 0 or G == 0: raise ValueError(f"no queries or an empty gallery: Q={Q}, G={G}")
     ql, gl = _label_codes(query_labels, gallery_labels)
     if len(ql) != Q or len(gl) != G:
         raise ValueError(f"expected {Q} query labels and {G} gallery labels, got {len(ql)} and {len(gl)}")
@@ -324,16 +316,14 @@ def per_query_metrics_from_embeddings(
         if qgi.shape != (Q,): raise ValueError(f"query_gallery_index must be [Q] = [{Q}], got {tuple(qgi.shape)}")
         bad = ((qgi < -1) | (qgi >= G)).nonzero().flatten()
         if len(bad): raise ValueError(f"query {int(bad[0])}: query_gallery_index {int(qgi[bad[0]])} is outside [-1, {G})")
-    if chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
     own_rel = (qgi >= 0) & (gl[qgi.clamp(min=0)] == ql)              # [Q] the query's own video is a GT
     n_rel = torch.bincount(gl, minlength=int(ql.max()) + 1)[ql] - own_rel.long()  # [Q] |G_q|
 
     def chunks():
         for o in tqdm(range(0, Q, chunk_size), desc="ranking", disable=not progress):
-            sim = q[o:o + chunk_size] @ g.T                          # [c, G]
-            rel = gl[None, :] == ql[o:o + chunk_size, None]          # [c, G]
-            yield o, sim, rel, qgi[o:o + chunk_size], n_rel[o:o + chunk_size]
+            sl = slice(o, o + chunk_size)
+            yield o, q[sl] @ g.T, (gl, ql[sl]), qgi[sl], n_rel[sl]   # relevance from the labels: no [c, G] mask
 
     return _collect(chunks(), Q, ks, owned=True, first_hit=first_hit)
 
@@ -353,3 +343,99 @@ def retrieval_metrics_from_embeddings(
     pq = per_query_metrics_from_embeddings(query_emb, gallery_emb, query_labels, gallery_labels,
                                            query_gallery_index, ks, chunk_size, dtype, progress, first_hit=False)
     return summarize_metrics(pq, ks)
+
+# %% ../../nbs/31_eval.metrics.ipynb #f823699a
+def _index_lists(
+    lists: Sequence[ArrayLike],  # one list of gallery indices per query
+    n: int,                      # number of queries
+    G: int,                      # gallery size
+    name: str,                   # the argument's name, for error messages
+) -> tuple[np.ndarray, np.ndarray]:  # row pointers [n + 1] and indices [nnz], int64 (CSR)
+    "Check per-query lists of gallery indices (1-d, integer, in [0, G)) and pack them as CSR."
+    try: m = len(lists)
+    except TypeError: raise ValueError(f"{name} must be a sequence of {n} index lists, got {type(lists).__name__}") from None
+    if m != n: raise ValueError(f"{name} must hold one index list per query: expected {n}, got {m}")
+    parts = [_np(x) if isinstance(x, torch.Tensor) else x for x in lists]
+    flat = None
+    try:
+        lengths = np.fromiter(map(len, parts), np.int64, n)
+        nz = [x for x, m in zip(parts, lengths) if m]                # empty lists have no dtype: leave them out
+        flat = np.concatenate(nz) if nz else np.zeros(0, np.int64)
+    except (TypeError, ValueError): pass
+    if flat is None or flat.ndim != 1 or len(flat) != lengths.sum() or (len(flat) and flat.dtype.kind not in "iu"):
+        for i, x in enumerate(parts):                                # find the first bad list, to name it
+            a = np.asarray(x)
+            if a.ndim != 1: raise ValueError(f"query {i}: {name} must be a 1-d list of gallery indices, got shape {a.shape}")
+            if a.size and a.dtype.kind not in "iu":
+                raise ValueError(f"query {i}: {name} must hold integer gallery indices, got dtype {a.dtype}")
+        raise ValueError(f"{name} must be a sequence of 1-d integer index lists")
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    bad = np.flatnonzero((flat < 0) | (flat >= G))
+    if bad.size:
+        i = int(np.searchsorted(indptr, bad[0], side="right")) - 1
+        raise ValueError(f"query {i}: {name} gallery index {flat[bad[0]]} is outside [0, {G})")
+    return indptr, flat.astype(np.int64)
+
+
+def per_query_metrics_from_lists(
+    query_emb: ArrayLike,                            # [Q, D] query embeddings
+    gallery_emb: ArrayLike,                          # [G, D] gallery embeddings (unique videos)
+    relevant: Sequence[ArrayLike],                   # per query, the gallery indices of its GTs (non-empty, distinct)
+    exclude: Sequence[ArrayLike] | None = None,      # per query, gallery indices removed from its ranking (may be empty)
+    ks: Sequence[int] = DEFAULT_KS,                  # cut-offs K
+    chunk_size: int = 512,                           # queries ranked at once; peak memory ~ a few [chunk_size, G]
+    dtype: torch.dtype = torch.float32,              # precision of the similarity
+    progress: bool = False,                          # show a progress bar over chunks
+    first_hit: bool = False,                         # also return "first_hit_rank" (a full-row pass per query without a hit in the top K)
+) -> dict[str, np.ndarray]:                          # same keys as `per_query_metrics`
+    "Per-query metrics from embeddings and per-query lists of GT and excluded gallery indices, chunk by chunk."
+    ks = _check_ks(ks)
+    q, g = _embeddings(query_emb, gallery_emb, dtype, chunk_size)
+    Q, G = q.shape[0], g.shape[0]
+    rp, ri = _index_lists(relevant, Q, G, "relevant")
+    n_rel = np.diff(rp)
+    rows = np.repeat(np.arange(Q), n_rel)
+    keys = np.sort(rows * G + ri)                                    # (query, gallery index), sorted
+    dup = np.flatnonzero(keys[1:] == keys[:-1])
+    if dup.size: raise ValueError(f"query {keys[dup[0]] // G}: relevant lists gallery index {keys[dup[0]] % G} more than once")
+    if exclude is not None:
+        ep, ei = _index_lists(exclude, Q, G, "exclude")
+        erows = np.repeat(np.arange(Q), np.diff(ep))
+        both = np.intersect1d(keys, erows * G + ei)
+        if both.size: raise ValueError(f"query {both[0] // G}: gallery index {both[0] % G} is both relevant and excluded")
+    none = np.flatnonzero(n_rel == 0)
+    if none.size: raise ValueError(f"query {none[0]} has no relevant, non-excluded gallery item ({none.size} such queries)")
+    dev = g.device
+    rr, rc = torch.from_numpy(rows).to(dev), torch.from_numpy(ri).to(dev)
+    if exclude is not None: er, ec = torch.from_numpy(erows).to(dev), torch.from_numpy(ei).to(dev)
+    n_rel_t = torch.from_numpy(n_rel).to(dev)
+
+    def chunks():
+        for o in tqdm(range(0, Q, chunk_size), desc="ranking", disable=not progress):
+            c = min(chunk_size, Q - o)
+            rel = torch.zeros((c, G), dtype=torch.bool, device=dev)  # the chunk's relevance, scattered from CSR
+            a, b = rp[o], rp[o + c]
+            rel[rr[a:b] - o, rc[a:b]] = True
+            ex = None
+            if exclude is not None:
+                a, b = ep[o], ep[o + c]
+                ex = (er[a:b] - o, ec[a:b])                          # (row, gallery index) pairs
+            yield o, q[o:o + c] @ g.T, rel, ex, n_rel_t[o:o + c]
+
+    return _collect(chunks(), Q, ks, owned=True, first_hit=first_hit)
+
+
+def retrieval_metrics_from_lists(
+    query_emb: ArrayLike,                            # [Q, D] query embeddings
+    gallery_emb: ArrayLike,                          # [G, D] gallery embeddings (unique videos)
+    relevant: Sequence[ArrayLike],                   # per query, the gallery indices of its GTs (non-empty, distinct)
+    exclude: Sequence[ArrayLike] | None = None,      # per query, gallery indices removed from its ranking (may be empty)
+    ks: Sequence[int] = DEFAULT_KS,                  # cut-offs K
+    chunk_size: int = 512,                           # queries ranked at once
+    dtype: torch.dtype = torch.float32,              # precision of the similarity
+    progress: bool = False,                          # show a progress bar over chunks
+) -> dict[str, float]:                               # {"mAP@5": ..., "R@5": ..., ...} in percent
+    "mAP@K and R@K in percent from embeddings and per-query GT and excluded index lists, without a [Q, G] matrix."
+    return summarize_metrics(per_query_metrics_from_lists(query_emb, gallery_emb, relevant, exclude, ks, chunk_size,
+                                                          dtype, progress), ks)
