@@ -1,4 +1,5 @@
-"""Stage 2 training on the synthetic problem: learning, exact resume, baselines by config, checks and several processes."""
+"""Stage 2 training on the synthetic problem: learning, exact resume, baselines by config, separate query and target caches,
+validation ground truths, checks and several processes."""
 import dataclasses
 import json
 import os
@@ -25,7 +26,7 @@ STAGE2 = dict(epochs=2, query="fusion", text=dict(name="minilm", pretrained_path
               fusion=dict(name="combiner", hidden_dim=64, dropout=0.1),
               loss=dict(name="hnnce", temperature=0.07, alpha=1.0, beta=0.5, mask_same_target=True),
               batch_size=32, lr=3e-3, weight_decay=0.01, warmup_steps=0, warmup_fraction=0.1, unique_targets_per_batch=False,
-              video_dim=None, val_every=1, ks=[1, 5, 10], select="mAP@10", val_gt="label", device="cpu")
+              video_dim=None, val_every=1, ks=[1, 5, 10], select="mAP@10", val_gt="target_videos", device="cpu")
 
 
 def config(**over) -> Stage2Config:
@@ -150,6 +151,7 @@ def test_validation_scores_as_before_and_as_the_evaluator(problem, video_only):
     model = fixed_fusion()
     got = validate(model, problem["val"], problem["embeddings"], ks=(1, 5, 10))
     assert got == pytest.approx(BEFORE["fusion"], abs=1e-9) and video_only == pytest.approx(BEFORE["video"], abs=1e-9)
+    assert validate(model, problem["val"], problem["embeddings"], ks=(1, 5, 10), ground_truth="label") == got   # every GT is listed
     val = problem["val"].assign(query_id=range(len(problem["val"])))
     gal = build_gallery(problem["videos"], "val", problem["embeddings"], model.encode_target)
     direct = evaluate_model(query_features(model, val, problem["embeddings"]), gal, val, (1, 5, 10))
@@ -172,14 +174,16 @@ def test_best_epoch_is_chosen_by_the_validation_numbers(problem, tmp_path):
 def test_unreachable_targets_and_other_ground_truths_are_refused(problem):
     model = ComposedModel(32, "video")
     keep = problem["videos"][(problem["videos"].split == "val") & (problem["videos"].label_id != "l1")]
-    queries = problem["val"][problem["val"].query_label_id != "l1"].drop(columns="target_videos")
+    queries = problem["val"][problem["val"].query_label_id != "l1"]
     with pytest.raises(ValueError, match=r"query \d+ \(video 'val0_0', target label 'l1'\) has no reachable ground truth"):
+        validate(model, queries.drop(columns="target_videos"), problem["embeddings"], keep, (1, 5, 10), ground_truth="label")
+    with pytest.raises(ValueError, match=r"listed ground truth 'val1_0' is not a val gallery video of the target label 'l1'"):
         validate(model, queries, problem["embeddings"], keep, (1, 5, 10))
     val = problem["val"].copy()
     tv = list(val["target_videos"]); tv[0] = ["not_a_gallery_video"]; val["target_videos"] = tv
     with pytest.raises(ValueError, match="not_a_gallery_video"):
         validate(model, val, problem["embeddings"], problem["videos"][problem["videos"].split == "val"], (1, 5, 10))
-    with pytest.raises(ParamsError, match="stage2.val_gt: expected one of .label., got .list."):
+    with pytest.raises(ParamsError, match="stage2.val_gt: expected one of 'target_videos' | 'label', got 'list'"):
         config(val_gt="list")
 
 
@@ -241,3 +245,91 @@ def test_epoch_lines_and_a_diverged_checkpoint(problem, tmp_path, capsys):
         train_stage2(config(epochs=2), problem["train"], problem["val"], problem["embeddings"], tmp_path / "TF-CoVR-Base", seed=0,
                      progress=False, log_every=0)
     assert capsys.readouterr().out == ""
+
+
+def trimmed_val(problem) -> pd.DataFrame:
+    "Validation triplets whose target_videos list one gallery video of the target label of four."
+    return problem["val"].assign(target_videos=[v[:1] for v in problem["val"].target_videos])
+
+
+def test_validation_ground_truths_follow_val_gt(problem, tmp_path):
+    "val_gt is the evaluator's ground_truth: the triplet's target_videos lists, or every gallery video of the target label."
+    from tfcovr.eval.evaluate import build_gallery, evaluate_model, query_features
+    model, val = fixed_fusion(), trimmed_val(problem)
+    vids = problem["videos"][problem["videos"].split == "val"]
+    gal = build_gallery(problem["videos"], "val", problem["embeddings"], model.encode_target)
+    q = query_features(model, val.assign(query_id=range(len(val))), problem["embeddings"])
+    got = {}
+    for gt in ("target_videos", "label"):
+        got[gt] = validate(model, val, problem["embeddings"], vids, (1, 5, 10), ground_truth=gt)
+        direct = evaluate_model(q, gal, val.assign(query_id=range(len(val))), (1, 5, 10), ground_truth=gt)
+        assert got[gt] == {k: v for k, v in direct.items() if "@" in k}
+    assert got["label"] == pytest.approx(BEFORE["fusion"], abs=1e-9) and got["target_videos"]["mAP@10"] != got["label"]["mAP@10"]
+    runs = {gt: train_stage2(config(epochs=1, val_gt=gt), problem["train"], val, problem["embeddings"], tmp_path / gt, seed=0,
+                             progress=False, log_every=0) for gt in ("target_videos", "label")}
+    assert runs["label"].history[0]["loss"] == runs["target_videos"].history[0]["loss"]        # the same training ...
+    assert runs["label"].best["mAP@10"] != runs["target_videos"].best["mAP@10"]                # ... scored two ways
+    for gt, r in runs.items():
+        assert validate(r.model, val, problem["embeddings"], ks=(1, 5, 10), ground_truth=gt) == pytest.approx(
+            {k: v for k, v in r.best.items() if k != "epoch"}, abs=1e-9)
+    with pytest.raises(ValueError, match=r"val triplets lacks column\(s\) \['target_videos'\]"):
+        train_stage2(config(epochs=1), problem["train"], val.drop(columns="target_videos"), problem["embeddings"], tmp_path / "x",
+                     seed=0, progress=False)
+
+
+def queries_only(problem):
+    "Train and val triplets whose query labels are l0..l2 (l3..l5 are targets only), and a cache of their query videos alone."
+    train = problem["train"][problem["train"].query_label_id.isin(["l0", "l1", "l2"])]
+    val = problem["val"][problem["val"].query_label_id.isin(["l0", "l1", "l2"])]
+    ids = sorted(set(train.query_video) | set(val.query_video))
+    assert len(ids) < len(problem["embeddings"].ids)
+    return train, val, ArrayEmbeddings(ids, problem["embeddings"].lookup(ids))
+
+
+def test_targets_are_read_from_the_target_cache(problem, tmp_path):
+    "The image baseline's two caches: queries from `embeddings`, training targets and the validation gallery from `target_embeddings`."
+    train, val, queries = queries_only(problem)
+    cfg = config(epochs=1)
+    one = train_stage2(cfg, train, val, problem["embeddings"], tmp_path / "one", seed=0, progress=False, log_every=0)
+    two = train_stage2(cfg, train, val, queries, tmp_path / "two", seed=0, progress=False, log_every=0,
+                       target_embeddings=problem["embeddings"])
+    assert two.history == one.history                                    # every target found in the target cache
+    with pytest.raises(KeyError, match="videos have no embedding"):      # ... and nowhere else
+        train_stage2(cfg, train, val, queries, tmp_path / "q", seed=0, progress=False, log_every=0)
+    e = problem["embeddings"]
+    other = ArrayEmbeddings(e.ids, e.emb + np.random.default_rng(0).standard_normal(e.emb.shape).astype(np.float32))
+    moved = train_stage2(cfg, train, val, e, tmp_path / "moved", seed=0, progress=False, log_every=0, target_embeddings=other)
+    assert moved.history[0]["loss"] != one.history[0]["loss"] and moved.best["mAP@10"] != one.best["mAP@10"]
+    model = fixed_fusion()                                               # validation alone reads the gallery from the target cache
+    assert validate(model, val, queries, ks=(1, 5, 10), target_embeddings=e) == validate(model, val, e, ks=(1, 5, 10))
+    assert validate(model, val, e, ks=(1, 5, 10), target_embeddings=other) != validate(model, val, e, ks=(1, 5, 10))
+
+
+def test_a_target_cache_of_another_dimension_is_refused(problem, tmp_path):
+    e = problem["embeddings"]
+    small = ArrayEmbeddings(e.ids, e.emb[:, :16], {"key": "aim1f-targets-16"})
+    msg = r"the target embeddings \(cache aim1f-targets-16\) are 16-d but the query embeddings \(an in-memory array\) are 32-d"
+    with pytest.raises(ValueError, match=msg):
+        train_stage2(config(epochs=1), problem["train"], problem["val"], e, tmp_path, seed=0, progress=False, target_embeddings=small)
+    with pytest.raises(ValueError, match=msg):
+        validate(fixed_fusion(), problem["val"], e, ks=(1, 5, 10), target_embeddings=small)
+    assert not (tmp_path / "last").exists()                              # refused before any training
+
+
+def test_resume_detects_a_changed_target_cache(problem, tmp_path):
+    e = problem["embeddings"]
+    t1 = ArrayEmbeddings(e.ids, e.emb, {"key": "aim1f-targets-a"})
+    t2 = ArrayEmbeddings(e.ids, e.emb, {"key": "aim1f-targets-b"})
+    cfg = config(epochs=2)
+    train_stage2(cfg, problem["train"], problem["val"], e, tmp_path, seed=0, progress=False, log_every=0, stop_after=1, target_embeddings=t1)
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another run \(data.target_embeddings: .* -> .*\)"):
+        train_stage2(cfg, problem["train"], problem["val"], e, tmp_path, seed=0, progress=False, log_every=0, target_embeddings=t2)
+    with pytest.raises(ValueError, match=r"data.target_embeddings: .* -> .*"):      # no target cache: the targets are the query cache
+        train_stage2(cfg, problem["train"], problem["val"], e, tmp_path, seed=0, progress=False, log_every=0)
+    res = train_stage2(cfg, problem["train"], problem["val"], e, tmp_path, seed=0, progress=False, log_every=0, target_embeddings=t1)
+    assert [r["epoch"] for r in res.history] == [1, 2]                  # the same caches: resumed
+    fresh = train_stage2(cfg, problem["train"], problem["val"], e, tmp_path / "restart", seed=0, progress=False, log_every=0,
+                         stop_after=1, target_embeddings=t1)
+    again = train_stage2(cfg, problem["train"], problem["val"], e, tmp_path / "restart", seed=0, progress=False, log_every=0,
+                         target_embeddings=t2, on_mismatch="restart")
+    assert len(fresh.history) == 1 and [r["epoch"] for r in again.history] == [1, 2]

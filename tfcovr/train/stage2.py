@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..core import DistInfo, atomic_dir, atomic_write, check_columns, check_device, derive_seed, distributed, rng, to_dict, write_json
-from ..eval.evaluate import STAGE2_MODEL, build_gallery, evaluate_model, query_features
+from ..eval.evaluate import GROUND_TRUTHS, STAGE2_MODEL, build_gallery, evaluate_model, query_features
 from ..eval.metrics import DEFAULT_KS
 from ..models.composed import ArrayEmbeddings, ComposedModel, QueryMode, model_device, save_pretrained  # also re-exported
 from ..models.composed import CONFIG_FILE, MAX_DIM, WEIGHTS_FILE, weights_dim
@@ -52,7 +52,8 @@ class Stage2Config:
     val_every: int = 1                   # validate every this many epochs (and after the last one)
     ks: tuple[int, ...] = DEFAULT_KS     # cut-offs of validation mAP@K / R@K
     select: str = "mAP@10"               # validation metric that picks the best epoch
-    val_gt: Literal["label"] = "label"   # GT: the gallery videos of the target label (the evaluator's, the only one)
+    val_gt: Literal["target_videos", "label"] = "target_videos"  # validation GT (the evaluator's ground_truth): the triplet's
+                                         # target_videos, or every gallery video of the target label
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
 
     def __post_init__(self):
@@ -71,14 +72,15 @@ class Stage2Config:
         if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks): raise ValueError(f"ks must be distinct positive ints, got {self.ks}")
         if self.select not in [f"{m}@{k}" for m in ("mAP", "R") for k in self.ks]:
             raise ValueError(f"select must be mAP@K or R@K with K in ks {self.ks}, got {self.select!r}")
-        if self.val_gt != "label": raise ValueError(f"val_gt must be label (validation scores like the evaluator), got {self.val_gt!r}")
+        if self.val_gt not in GROUND_TRUTHS: raise ValueError(f"val_gt must be one of {', '.join(GROUND_TRUTHS)}, got {self.val_gt!r}")
 
 # %% ../../nbs/43_train.stage2.ipynb #354d8207
 @dataclasses.dataclass
 class Stage2Run:
-    "One Stage-2 model to train: the video embeddings it is trained on and its configuration."
-    embeddings: str        # an encoder name of the `embed` section (its cache is embeddings/<name>)
+    "One Stage-2 model to train: the video embeddings it is trained on (queries, targets) and its configuration."
+    embeddings: str        # an encoder name of the `embed` section: the query videos' cache (embeddings/<name>)
     train: Stage2Config    # query model, loss and schedule
+    target_embeddings: str | None = None   # the target videos' encoder (training targets, validation gallery); null: `embeddings`
 
 # %% ../../nbs/43_train.stage2.ipynb #bba922fb
 def make_batches(n: int,                        # number of rows
@@ -108,6 +110,12 @@ _TRAIN_NEEDS = ("query_video", "target_video", "target_label_id", "modification"
 _VAL_NEEDS = ("query_video", "target_label_id", "modification")
 
 
+def _val_needs(ground_truth: str) -> tuple[str, ...]:
+    "The columns validation reads: the target_videos lists too when they are the ground truths."
+    if ground_truth not in GROUND_TRUTHS: raise ValueError(f"ground_truth must be one of {', '.join(GROUND_TRUTHS)}, got {ground_truth!r}")
+    return _VAL_NEEDS + (("target_videos",) if ground_truth == "target_videos" else ())
+
+
 def val_video_table(triplets: pd.DataFrame,              # validation triplets (query_video, query_label_id, target_label_id, target_videos)
                videos: pd.DataFrame | None = None,  # the split's videos (video_id, label_id); None: every video the triplets name
               ) -> pd.DataFrame:                    # video_id, label_id, split ('val'): the evaluator's videos table
@@ -121,17 +129,37 @@ def val_video_table(triplets: pd.DataFrame,              # validation triplets (
     return videos[["video_id", "label_id"]].astype(str).drop_duplicates().assign(split="val")
 
 
+def _cache_name(embeddings) -> str:
+    "How an error names an embedding cache: its key, or an in-memory array."
+    key = (getattr(embeddings, "meta", None) or {}).get("key")
+    return f"cache {key}" if key else "an in-memory array"
+
+
+def _target_cache(embeddings,          # the query videos' cache
+                  target_embeddings,   # the target videos' cache, or None: `embeddings`
+                 ):
+    "The cache the target videos are read from; a dimension that differs from the queries' raises naming both caches."
+    if target_embeddings is None: return embeddings
+    if target_embeddings.dim != embeddings.dim:
+        raise ValueError(f"the target embeddings ({_cache_name(target_embeddings)}) are {target_embeddings.dim}-d but the query "
+                         f"embeddings ({_cache_name(embeddings)}) are {embeddings.dim}-d: queries and targets must share one dimension")
+    return target_embeddings
+
+
 def validate(model: ComposedModel,             # the query model
-             triplets: pd.DataFrame,           # validation triplets: query_video, target_label_id, modification (query_id)
-             embeddings,                       # Embeddings holding every query and gallery video
+             triplets: pd.DataFrame,           # validation triplets: query_video, target_label_id, modification (query_id, target_videos)
+             embeddings,                       # Embeddings holding every query video (and the gallery without target_embeddings)
              videos: pd.DataFrame | None = None,  # the split's videos (video_id, label_id); None: every video the triplets name
              ks: Sequence[int] = DEFAULT_KS,   # cut-offs
+             ground_truth: str = "target_videos",  # one of GROUND_TRUTHS: the triplet's target_videos, or label
+             target_embeddings=None,           # Embeddings holding every gallery video; None: `embeddings`
             ) -> dict[str, float]:             # {"mAP@K": ..., "R@K": ...} in percent
     "mAP@K / R@K of `model` on the validation triplets, scored by the evaluator of the results table."
-    check_columns(triplets, _VAL_NEEDS, "val triplets")
+    check_columns(triplets, _val_needs(ground_truth), "val triplets")
+    targets = _target_cache(embeddings, target_embeddings)
     if "query_id" not in triplets.columns: triplets = triplets.assign(query_id=np.arange(len(triplets)))
-    gallery = build_gallery(val_video_table(triplets, videos), "val", embeddings, model.encode_target, model_device(model))
-    res = evaluate_model(query_features(model, triplets, embeddings), gallery, triplets, ks)
+    gallery = build_gallery(val_video_table(triplets, videos), "val", targets, model.encode_target, model_device(model))
+    res = evaluate_model(query_features(model, triplets, embeddings), gallery, triplets, ks, ground_truth=ground_truth)
     return {k: float(v) for k, v in res.items() if "@" in k}
 
 # %% ../../nbs/43_train.stage2.ipynb #9586d1d5
@@ -143,15 +171,24 @@ class Stage2Result(NamedTuple):
     out_dir: Path               # folder with model/, last/, history and metrics
 
 
-def _run_description(cfg: Stage2Config, seed: int, train: pd.DataFrame, val: pd.DataFrame, embeddings, world: int) -> dict[str, Any]:
-    "Everything that decides the weights: config (device aside), seed, process count, digests of the data and the embeddings."
-    def digest(df: pd.DataFrame, cols) -> str:
-        return hashlib.sha256(pd.util.hash_pandas_object(df[list(cols)].astype(str), index=False).to_numpy().tobytes()).hexdigest()[:16]
+def _cache_digest(embeddings) -> str:
+    "A digest of an embedding cache: its ids and its key (a cache is named by its content), or its array without a key."
     h = hashlib.sha256(json.dumps(list(embeddings.ids)).encode())
-    key = (getattr(embeddings, "meta", None) or {}).get("key")          # an embedding cache is named by its content
+    key = (getattr(embeddings, "meta", None) or {}).get("key")
     h.update(key.encode() if key else np.ascontiguousarray(embeddings.emb).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _run_description(cfg: Stage2Config, seed: int, train: pd.DataFrame, val: pd.DataFrame, embeddings, targets,
+                     world: int) -> dict[str, Any]:
+    "Everything that decides the weights: config (device aside), seed, process count, digests of the data and of both caches."
+    def digest(df: pd.DataFrame, cols) -> str:
+        d = df[list(cols)].copy()
+        if "target_videos" in d: d["target_videos"] = d["target_videos"].map(lambda v: json.dumps([str(x) for x in v]))  # lists, in full
+        return hashlib.sha256(pd.util.hash_pandas_object(d.astype(str), index=False).to_numpy().tobytes()).hexdigest()[:16]
     return {"config": {k: v for k, v in to_dict(cfg).items() if k != "device"}, "seed": seed, "world": world,
-            "data": {"train": digest(train, _TRAIN_NEEDS), "val": digest(val, _VAL_NEEDS), "embeddings": h.hexdigest()[:16]}}
+            "data": {"train": digest(train, _TRAIN_NEEDS), "val": digest(val, _val_needs(cfg.val_gt)),
+                     "embeddings": _cache_digest(embeddings), "target_embeddings": _cache_digest(targets)}}
 
 
 def _save_last(folder: Path, model: ComposedModel, opt, state: dict) -> None:
@@ -194,7 +231,7 @@ def _write_history(out_dir: Path, history: list[dict], select: str, plot: bool =
 def train_stage2(cfg: Stage2Config,               # the `stage2` section
                  train_triplets: pd.DataFrame,    # query_video, target_video, target_label_id, modification
                  val_triplets: pd.DataFrame,      # query_video, target_label_id, modification (+ target_videos)
-                 embeddings,                      # Embeddings holding every train and val video
+                 embeddings,                      # Embeddings of the query videos (and of the targets without target_embeddings)
                  out_dir: str | Path,             # output folder (models/stage2)
                  seed: int,                       # project seed
                  resume: bool = True,             # continue from out_dir/last when it exists
@@ -203,21 +240,24 @@ def train_stage2(cfg: Stage2Config,               # the `stage2` section
                  on_mismatch: Literal["error", "restart"] = "error",  # out_dir/last from another config or data: raise, or start afresh
                  progress: bool = True,           # tqdm bars
                  log_every: int = 1,              # print one line every this many epochs (rank 0); 0: none
+                 target_embeddings=None,          # Embeddings of the target videos (train targets, val gallery); None: `embeddings`
                 ) -> Stage2Result:
     "Train the composed query model with HN-NCE, validate every `val_every` epochs, keep the best and the last epoch."
     out_dir = Path(out_dir)
     if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
     with distributed(cfg.device) as d:
-        return _train(cfg, train_triplets, val_triplets, embeddings, out_dir, seed, resume, val_videos, stop_after,
+        return _train(cfg, train_triplets, val_triplets, embeddings, target_embeddings, out_dir, seed, resume, val_videos, stop_after,
                       on_mismatch, progress and d.main, d, log_every if d.main else 0)
 
 
-def _train(cfg, train, val, embeddings, out_dir, seed, resume, videos, stop_after, on_mismatch, progress, d: DistInfo, log_every):
-    check_columns(train, _TRAIN_NEEDS, "train triplets"); check_columns(val, _VAL_NEEDS, "val triplets")
+def _train(cfg, train, val, embeddings, target_embeddings, out_dir, seed, resume, videos, stop_after, on_mismatch, progress,
+           d: DistInfo, log_every):
+    check_columns(train, _TRAIN_NEEDS, "train triplets"); check_columns(val, _val_needs(cfg.val_gt), "val triplets")
+    targets = _target_cache(embeddings, target_embeddings)         # targets: training targets and the validation gallery
     if on_mismatch not in ("error", "restart"): raise ValueError(f"on_mismatch must be error or restart, got {on_mismatch!r}")
     rank, world, dev = d.rank, d.world, d.device
     last = out_dir / "last"
-    run = _run_description(cfg, seed, train, val, embeddings, world)
+    run = _run_description(cfg, seed, train, val, embeddings, targets, world)
     has_last = resume and (last / "state.json").is_file()
     if has_last and on_mismatch == "restart" and read_json_object(last / "state.json").get("run") != run:
         has_last = False                                     # another configuration or data: start afresh
@@ -227,7 +267,7 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, videos, stop_afte
     model = ComposedModel(dim, cfg.query, cfg.text, cfg.fusion).to(dev)
     val_table = val_video_table(val, videos)                     # the evaluator's videos table of the split
     qv = torch.from_numpy(np.asarray(embeddings.lookup(train.query_video.astype(str).tolist()), np.float32)).to(dev)   # [N, D]
-    tv = torch.from_numpy(np.asarray(embeddings.lookup(train.target_video.astype(str).tolist()), np.float32)).to(dev)  # [N, D]
+    tv = torch.from_numpy(np.asarray(targets.lookup(train.target_video.astype(str).tolist()), np.float32)).to(dev)     # [N, D]
     texts = train.modification.astype(str).tolist()
     labels = train.target_label_id.astype(str).to_numpy()
     codes = torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64)).to(dev)                      # [N]
@@ -241,7 +281,7 @@ def _train(cfg, train, val, embeddings, out_dir, seed, resume, videos, stop_afte
     warmup = cfg.warmup_steps or round(cfg.warmup_fraction * total)
     state = _load_last(last, model, opt, run) if has_last else {"run": run, "epoch": 0, "step": 0, "best": None, "history": []}
     model.cache_texts(texts + val.modification.astype(str).tolist(), progress=progress)
-    evaluate_now = lambda: validate(model, val, embeddings, val_table, cfg.ks)
+    evaluate_now = lambda: validate(model, val, embeddings, val_table, cfg.ks, cfg.val_gt, targets)
     say = (lambda line: print(f"stage2 {out_dir.name}: {line}", flush=True)) if log_every else (lambda line: None)
     say(f"epochs {state['epoch'] + 1}..{cfg.epochs}, {len(train)} train triplets in {per_rank} batches, {len(val)} val queries, "
         f"{world} process(es) on {dev.type}" if opt is not None and state["epoch"] < cfg.epochs else
