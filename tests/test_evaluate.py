@@ -14,7 +14,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from tfcovr.core import file_sha256, to_dict
-from tfcovr.eval.evaluate import (MODEL_NAMES, EvaluateConfig, TableRow, bootstrap_ci, build_gallery, evaluate_model, evaluate_table,
+from tfcovr.eval.evaluate import (ABLATION_NAMES, ROW_NAMES, EvaluateConfig, TableRow, bootstrap_ci, build_gallery, evaluate_model, evaluate_table,
                                   query_features, table_rows)
 from tfcovr.models.composed import ArrayEmbeddings
 from tfcovr.toys import PrototypeModel, synthetic_benchmark
@@ -24,9 +24,11 @@ from tfcovr.eval.report import ReportConfig, report_figures, write_reports
 ROW_KEYS = {"model", "modalities", "fusion", "query_frames", "target_frames", "mAP@5", "mAP@10", "mAP@25", "mAP@50"}
 # the Stage-2 runs of the tests: row -> (encoder, the saved config's query and fusion)
 RUNS = {"TF-CoVR-Base": ("emb", "fusion", "combiner"), "1-frame": ("emb1f", "fusion", "combiner"), "text-only": ("emb", "text", None),
-        "avg-fusion": ("emb", "fusion", "average"), "stage2-only": ("emb", "fusion", "combiner")}
+        "avg-fusion": ("emb", "fusion", "average"), "Stage-2-only": ("emb", "fusion", "combiner")}
+TARGETS = {"1-frame": "emb"}   # the image baseline: 1-frame queries, 8-frame targets
 VIDEO_ONLY = {"video-only": {"embeddings": "emb"}}
-ALL_ROWS = ["TF-CoVR-Base", "1-frame", "text-only", VIDEO_ONLY, "avg-fusion", "stage2-only"]
+ALL_ROWS = ["TF-CoVR-Base", "1-frame", "Stage-2-only", "text-only", VIDEO_ONLY]
+ABLATIONS = ["avg-fusion"]
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +68,14 @@ def _loaders(bench):
     return dict(load_embeddings=lambda folder: caches[Path(folder).name], load_model=load_model)
 
 
-def _table(rows, stage2_root, bootstrap=30):
-    "The `evaluate` section listing `rows`, and its table resolved against RUNS."
-    cfg = EvaluateConfig(rows, bootstrap=bootstrap)
-    return cfg, table_rows(cfg, {run: enc for run, (enc, _, _) in RUNS.items()}, "caches", stage2_root)
+def _table(rows, stage2_root, bootstrap=30, ablations=()):
+    "The `evaluate` section listing `rows` (and `ablations`), and its table resolved against RUNS."
+    cfg = EvaluateConfig(rows, list(ablations), bootstrap=bootstrap)
+    return cfg, table_rows(cfg, {run: (enc, TARGETS.get(run)) for run, (enc, _, _) in RUNS.items()}, "caches", stage2_root)
 
 
-def _evaluate(bench, stage2_root, rows, bootstrap=30, seed=0, **kw):
-    cfg, table = _table(rows, stage2_root, bootstrap)
+def _evaluate(bench, stage2_root, rows, bootstrap=30, seed=0, ablations=(), **kw):
+    cfg, table = _table(rows, stage2_root, bootstrap, ablations)
     return evaluate_table(cfg, table, bench["videos"], bench["triplets"], seed=seed, progress=False, **{**_loaders(bench), **kw})
 
 
@@ -86,23 +88,24 @@ def test_perfect_model_scores_100_and_video_only_lower(bench, stage2_root):
 
 def test_columns_come_from_the_model_config_and_the_cache_meta(bench, stage2_root):
     "Nothing in the params describes a row: a 1-frame cache gives 1 frame, a text model's config gives text and no fusion."
-    rows = {r["model"]: r for r in _evaluate(bench, stage2_root, ALL_ROWS).rows}
+    rows = {r["model"]: r for r in _evaluate(bench, stage2_root, ALL_ROWS, ablations=ABLATIONS).rows}
     cols = {n: (r["modalities"], r["fusion"], r["query_frames"], r["target_frames"]) for n, r in rows.items()}
-    assert cols == {"TF-CoVR-Base": ("video+text", "combiner", 8, 8), "1-frame": ("video+text", "combiner", 1, 1),
+    assert cols == {"TF-CoVR-Base": ("video+text", "combiner", 8, 8), "1-frame": ("video+text", "combiner", 1, 8),
                     "text-only": ("text", "none", 8, 8), "video-only": ("video", "none", 8, 8),
-                    "avg-fusion": ("video+text", "average", 8, 8), "stage2-only": ("video+text", "combiner", 8, 8)}
+                    "avg-fusion": ("video+text", "average", 8, 8), "Stage-2-only": ("video+text", "combiner", 8, 8)}
     twelve = ArrayEmbeddings(bench["embeddings"].ids, bench["embeddings"].emb, {"num_frames": 12})
     row = _evaluate(bench, stage2_root, ["TF-CoVR-Base"], load_embeddings=lambda f: twelve).rows[0]
     assert (row["query_frames"], row["target_frames"]) == (12, 12)
-    with pytest.raises(ValueError, match=r"^evaluate.rows.TF-CoVR-Base \(model .*\): the embedding cache's meta.json gives no frame count"):
+    with pytest.raises(ValueError, match=r"^evaluate.rows.TF-CoVR-Base \(model .*\): the query embedding cache's meta.json gives no frame count"):
         _evaluate(bench, stage2_root, ["TF-CoVR-Base"], load_embeddings=lambda f: ArrayEmbeddings(twelve.ids, twelve.emb))
 
 
 def test_trained_rows_are_their_stage2_runs(stage2_root):
-    cfg, table = _table(ALL_ROWS, stage2_root)
-    assert [r.name for r in table] == ["TF-CoVR-Base", "1-frame", "text-only", "video-only", "avg-fusion", "stage2-only"]
-    assert table[1] == TableRow("1-frame", stage2_root / "1-frame" / "model", Path("caches/emb1f"))
-    assert table[3] == TableRow("video-only", None, Path("caches/emb"))
+    cfg, table = _table(ALL_ROWS, stage2_root, ablations=ABLATIONS)
+    assert [r.name for r in table] == ["TF-CoVR-Base", "1-frame", "Stage-2-only", "text-only", "video-only", "avg-fusion"]
+    assert table[1] == TableRow("1-frame", stage2_root / "1-frame" / "model", Path("caches/emb1f"), Path("caches/emb"))
+    assert table[4] == TableRow("video-only", None, Path("caches/emb"))
+    assert table[5].table == "ablations" and {r.table for r in table[:5]} == {"results"}
     with pytest.raises(ValueError, match="evaluate.rows.TF-CoVR-Large: 'TF-CoVR-Large' is no run of the stage2 section"):
         _table(["TF-CoVR-Large"], stage2_root)
 
@@ -125,9 +128,9 @@ def test_gallery_holds_each_video_once_and_ap_never_exceeds_one(bench):
 
 def test_query_is_excluded_from_its_own_ranking(bench):
     g = build_gallery(bench["videos"], "test", bench["embeddings"])
-    t = bench["triplets"].head(3).drop(columns="target_videos")
+    t = bench["triplets"].head(3).drop(columns=["target_videos", "target_video"])
     t["target_label_id"] = t["query_label_id"]          # the query's own label: its video would rank first
-    r = evaluate_model(query_features(None, t, bench["embeddings"]), g, t, ks=(1, 2))
+    r = evaluate_model(query_features(None, t, bench["embeddings"]), g, t, ks=(1, 2), ground_truth="label")
     own = g.position(t.query_video)
     assert not (r["top_index"] == own[:, None]).any()
     assert (r["per_query"]["n_relevant"] == 2).all()    # 3 videos of the label, minus the query itself
@@ -139,13 +142,13 @@ def test_query_without_reachable_ground_truth_raises_naming_it(bench):
     t = bench["triplets"].head(4).drop(columns="target_videos")
     t.loc[2, "target_label_id"] = "l99"
     with pytest.raises(ValueError, match=rf"query {t.query_id[2]} \(video '{t.query_video[2]}', target label 'l99'\) has no reachable ground truth"):
-        evaluate_model(query_features(None, t, bench["embeddings"]), g, t)
+        evaluate_model(query_features(None, t, bench["embeddings"]), g, t, ground_truth="label")
     # a label whose only video is the query itself is unreachable too (the query is excluded)
     v = bench["videos"].copy()
     v.loc[v.video_id == t.query_video[0], "label_id"] = "solo"
     t2 = t.head(1).assign(target_label_id="solo")
     with pytest.raises(ValueError, match=f"query {t2.query_id[0]} .* has no reachable ground truth"):
-        evaluate_model(query_features(None, t2, bench["embeddings"]), build_gallery(v, "test", bench["embeddings"]), t2)
+        evaluate_model(query_features(None, t2, bench["embeddings"]), build_gallery(v, "test", bench["embeddings"]), t2, ground_truth="label")
 
 
 def test_protocol_card_fields(bench, stage2_root, tmp_path):
@@ -166,25 +169,30 @@ def test_protocol_card_fields(bench, stage2_root, tmp_path):
 
 
 def test_results_files_schema_and_names(bench, stage2_root, tmp_path):
-    run = _evaluate(bench, stage2_root, ALL_ROWS)
+    run = _evaluate(bench, stage2_root, ALL_ROWS, ablations=ABLATIONS)
     out = write_reports(run, tmp_path, DEFAULT_KS)
     rows = json.loads(out["results_json"].read_text())
-    assert isinstance(rows, list) and [r["model"] for r in rows] == list(MODEL_NAMES)
+    assert isinstance(rows, list) and [r["model"] for r in rows] == list(ROW_NAMES + ABLATION_NAMES)
+    assert [r["table"] for r in rows] == ["results"] * len(ROW_NAMES) + ["ablations"] * len(ABLATION_NAMES)
     for r in rows:
         assert ROW_KEYS <= set(r)
         assert all(isinstance(r[f"mAP@{k}"], float) and 0 <= r[f"mAP@{k}"] <= 100 for k in DEFAULT_KS)
     metrics = json.loads(out["metrics_json"].read_text())
-    assert set(metrics) == set(MODEL_NAMES)
+    assert set(metrics) == set(ROW_NAMES + ABLATION_NAMES)
+    assert set(metrics["1-frame"]) == {f"{m}@{k}" for m in ("mAP", "R", "R_target") for k in DEFAULT_KS}
     assert all(isinstance(v, float) for m in metrics.values() for v in m.values())
     assert metrics["TF-CoVR-Base"]["mAP@10"] == 100.0 and metrics["video-only"]["mAP@10"] < metrics["avg-fusion"]["mAP@10"]
     md = out["results_md"].read_text()
     assert "| Modalities | Model | Fusion | Query frames | Target frames | mAP@5 | mAP@10 | mAP@25 | mAP@50 |" in md
-    assert "| video+text | 1-frame | combiner | 1 | 1 |" in md and "| text | text-only | none | 8 | 8 |" in md
+    assert "| video+text | 1-frame | combiner | 1 | 8 |" in md and "| text | text-only | none | 8 | 8 |" in md
+    head, ablations = md.split("## Ablations")
+    assert "avg-fusion" not in head.split("## Recall")[0] and "| video+text | avg-fusion | average | 8 | 8 |" in ablations
+    assert "| Model | R@5 | R@10 | R@25 | R@50 | R_target@5 | R_target@10 | R_target@25 | R_target@50 |" in md
     bd = json.loads(out["breakdown_json"].read_text())
     assert list(bd["modification_type"]["TF-CoVR-Base"]) == ["turns", "somersaults", "twists", "position", "event"]
     assert list(bd["discipline"]["video-only"]) == ["gymnastics", "diving"]
     pq = pd.read_parquet(out["per_query_parquet"])
-    assert len(pq) == len(MODEL_NAMES) * len(bench["triplets"])
+    assert len(pq) == len(ROW_NAMES + ABLATION_NAMES) * len(bench["triplets"])
 
 
 def test_bootstrap_interval_contains_estimate_and_follows_the_seed():
@@ -291,7 +299,7 @@ def test_evaluate_and_report_stages_run_through_papermill(root, bench, tmp_path)
     t = bench["triplets"].assign(query_label="q", query_source="s", target_label="t", n_targets=3, split="test")[EVAL_COLUMNS]
     (tmp_path / "trip").mkdir()
     t.to_parquet(tmp_path / "trip" / "test.parquet"); bench["videos"].to_parquet(tmp_path / "trip" / "videos.parquet")
-    params = {"seed": 0, "threads": 1, "stage2": {"TF-CoVR-Base": {"embeddings": "emb", "train": to_dict(Stage2Config(epochs=1))}},
+    params = {"seed": 0, "threads": 1, "stage2": {"TF-CoVR-Base": {"embeddings": "emb", "target_embeddings": None, "train": to_dict(Stage2Config(epochs=1))}},
               "evaluate": to_dict(EvaluateConfig(["TF-CoVR-Base", {"video-only": {"embeddings": "emb"}}], bootstrap=20)),
               "report": to_dict(ReportConfig(n_queries=1, n_frames=3, frame_size=32))}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -315,3 +323,32 @@ def test_evaluate_and_report_stages_run_through_papermill(root, bench, tmp_path)
     r = subprocess.run(args, cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (rep / "figures" / "similarity.png").stat().st_size > 1000
+
+
+def test_builder_and_evaluator_agree_on_every_ground_truth():
+    "One definition: the evaluator scores exactly the builder's target_videos and never ranks the query's own-source target videos."
+    from tfcovr.data.triplets import TripletsConfig, build_triplets
+    g = np.random.default_rng(0)
+    clips = pd.DataFrame([(f"v{l}_{s}_{i}", f"src{s}", f"l{l}", f"label {l}", "FX", "test")
+                          for l in range(4) for s in range(3) for i in range(2)],
+                         columns=["video_id", "source_video", "label_id", "label", "event", "split"]).assign(dataset="finegym")
+    pairs = pd.DataFrame([(f"l{a}", f"l{b}", f"label {a}", f"label {b}") for a in range(4) for b in range(4) if a != b],
+                         columns=["query_label_id", "target_label_id", "query_label", "target_label"])
+    mods = pairs[["query_label_id", "target_label_id"]].assign(modification=lambda d: "make it " + d.target_label_id, modification_type="turns")
+    res = build_triplets(clips, pairs, mods, TripletsConfig(), seed=0, progress=False)
+    test = res.splits["test"]
+    assert (test.n_targets == 4).all()                        # 6 videos of the target label, 2 from the query's own source
+    emb = ArrayEmbeddings(res.videos.video_id.tolist(), g.standard_normal((len(res.videos), 8)).astype(np.float32), {"num_frames": 8})
+    gal = build_gallery(res.videos, "test", emb)
+    q = query_features(None, test, emb)
+    r = evaluate_model(q, gal, test, ks=(5, 25))
+    assert (r["per_query"]["n_relevant"].to_numpy() == test.n_targets.to_numpy()).all()
+    src = res.videos.set_index("video_id").loc[gal.ids, "source_video"].to_numpy()
+    lab = np.asarray(gal.labels)
+    for i, t in enumerate(test.itertuples()):
+        ranked = r["top_index"][i][r["top_index"][i] >= 0]
+        own = (lab[ranked] == t.target_label_id) & (src[ranked] == t.query_source)
+        assert not own.any() and gal.ids.index(t.query_video) not in ranked
+        assert len(ranked) == len(gal) - 1 - 2              # everything else is ranked: the query and its 2 own-source targets are not
+    loose = evaluate_model(q, gal, test, ks=(5, 25), ground_truth="label")
+    assert (loose["per_query"]["n_relevant"] == 6).all()

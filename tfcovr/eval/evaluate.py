@@ -105,6 +105,11 @@ class EvaluateConfig:
         "Row name -> the encoder an untrained row names (None for a Stage-2 run's row), results then ablations."
         return {n: (e[0] if e else None) for n, e in self._encoders.items()}
 
+    @property
+    def encoders(self) -> dict[str, tuple[str, str | None] | None]:
+        "Row name -> (encoder, target encoder or None) that an untrained row names; None for a Stage-2 run's row."
+        return dict(self._encoders)
+
     def table_of(self, name: str) -> str:
         "'results' or 'ablations': the table a row belongs to."
         return self._tables[name]
@@ -131,7 +136,7 @@ def table_rows(cfg: EvaluateConfig,                          # the `evaluate` se
     "Each row's model folder and embedding caches: a Stage-2 run's own, or the encoders an untrained row names."
     runs = {n: (e, None) if isinstance(e, str) else tuple(e) for n, e in stage2.items()}
     out = []
-    for name, enc in cfg._encoders.items():
+    for name, enc in cfg.encoders.items():
         where = f"evaluate.{cfg.table_of(name) if cfg.table_of(name) == 'ablations' else 'rows'}.{name}"
         if name in runs and enc is not None:
             raise ValueError(f"{where}: a Stage-2 run's row reads the run's embeddings (stage2.{name}.embeddings: "
