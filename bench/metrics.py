@@ -1,5 +1,7 @@
 """Benchmark: `tfcovr.eval.metrics` against the published evaluation loop, in both regimes, same numbers.
 
+Last measured figures: see LAST_RUN at the end of this docstring (printed by the run it names).
+
 The published loop (CIRCO style, as DESIGN.md section 8 describes it), re-implemented faithfully:
 `sims -= 100 * (gallery == query)` excludes the query's own video, one batched `torch.topk(sims, 50)`
 over all queries, then a Python loop over queries that marks the top 50 against the query's ground-truth
@@ -7,25 +9,41 @@ list (`np.isin`) and sums `cumsum(labels) * labels / rank` for AP@K (CIRCO); R@K
 top K. Ids are ints here (the published code compares video-name strings, which is slower): the baseline
 is, if anything, flattered.
 
-Regimes, timed in one process, interleaved (published, then ours, per repeat), median of the repeats:
+Ours, three ways: the list path `retrieval_metrics_from_lists` (per query, its ground-truth gallery indices
+and its excluded ones: what the evaluator calls), the label path `retrieval_metrics_from_embeddings` (ground
+truths = the gallery videos of the target label), and, on a given similarity matrix, `retrieval_metrics`.
+The ground-truth lists are built from the same labels, so all give the same numbers. `lists+fh` is the list
+path with the first-hit rank (`per_query_metrics_from_lists(..., first_hit=True)`, what the per-query
+breakdown asks for).
 
-- random: random similarities (float32), Q = G = 3,000, about 6 ground truths per query (labels of 7
-  videos; the query is one of them and is excluded). Almost no query has a hit in its top K: a weak model.
-  Ours: `retrieval_metrics(sim, relevant, ks, exclude)`; the published loop gets the same `sim`.
+Regimes, timed in one process, interleaved (published, then each of ours, per repeat), median of the repeats:
+
+- random: a weak model, almost no query has a hit in its top K. About 6 ground truths per query (labels of 7
+  videos; query i is gallery video i, of its target label, and is excluded), Q = G = 3,000. Row `sims`:
+  uniform random float32 similarities, ours `retrieval_metrics(sim, relevant, ks, exclude)`, the published
+  loop gets the same matrix. Row `emb D=16`: random Gaussian embeddings of size 16 (random similarities from
+  a matmul that costs little), timed from the embeddings, the matmul included on both sides.
 - embeddings: label-clustered, L2-normalised float32 embeddings, D = 768, where a query lies near its
-  ground truths (a trained model). Timed from the embeddings, the similarity matmul included on both sides.
-  Ours: `retrieval_metrics_from_embeddings`. Q = G = 3,000 and 10,000.
+  ground truths (a trained model); query i is gallery video i and asks for another label. Timed from the
+  embeddings, the similarity matmul included on both sides. Q = G = 3,000 and 10,000.
 
-Embedding rows also time the matmul `Q @ G.T` alone (interleaved likewise), and give the ratio with it
-subtracted from both sides: the ranking and scoring alone. Each row also times ours with the first-hit rank (`per_query_metrics*(..., first_hit=True)`, what the
-per-query breakdown asks for), and compares every mAP@K and R@K with the published loop's (continuous
-scores: no ties, so both rank identically; the published AP is summed in float32).
+Rows from embeddings also time the matmul `Q @ G.T` alone (interleaved likewise): the same work on both sides,
+which no exact ranking can skip. When it alone takes more than a third of the published loop's time, 3x
+including it is out of reach; the rows then give the ratio with it subtracted from both sides (the ranking
+and scoring alone). Every row compares every mAP@K and R@K with the published loop's (continuous scores: no
+ties, so both rank identically; the published AP is summed in float32), and checks that the list path, the
+label path and the first-hit variant agree exactly.
 
-Finally Q = G = 20,000 from embeddings in a child process: time and extra peak resident memory (VmHWM,
-reset through /proc/self/clear_refs once the data is built) of `retrieval_metrics_from_embeddings`, against
-the 1.5 GiB `[Q, G]` float32 matrix the published loop holds.
+Finally Q = G = 20,000 from embeddings, each path in a child process: time and extra peak resident memory
+(VmHWM, reset through /proc/self/clear_refs once the data is built), against the 1.5 GiB `[Q, G]` float32
+matrix the published loop holds.
+
+The machine is shared with other jobs: wall times carry their load (the 1-min load average is printed at
+the start and the end); the ratios are of medians of interleaved repeats in one process.
 
 Usage: python bench/metrics.py [--repeats 5] [--big 20000] [--sizes 3000 10000]
+
+LAST_RUN
 """
 from __future__ import annotations
 
@@ -84,16 +102,29 @@ def published_loop(sims: torch.Tensor,      # [Q, G] similarities (consumed: the
 
 # ---------------------------------------------------------------- data
 
+def gt_lists(query_labels: np.ndarray, gallery_labels: np.ndarray, own: np.ndarray) -> list[np.ndarray]:
+    "Per query, the gallery videos of its target label other than its own video (sorted indices)."
+    order = np.argsort(gallery_labels, kind="stable")
+    labels, starts = np.unique(gallery_labels[order], return_index=True)
+    members = dict(zip(labels.tolist(), np.split(order, starts[1:])))
+    empty = np.zeros(0, np.int64)
+    return [m[m != o] for m, o in ((members.get(l, empty), o) for l, o in zip(query_labels.tolist(), own.tolist()))]
+
+
 def random_problem(n: int, seed: int):
     "Random similarities; labels of 7 videos, so 6 ground truths per query once its own video is excluded."
     r = np.random.default_rng(seed)
     gl = r.permutation(np.arange(n) // 7)
     sim = torch.from_numpy(r.random((n, n), dtype=np.float32))
-    ids = np.arange(n)
     rel = torch.from_numpy(gl[:, None] == gl[None, :])
     excl = torch.eye(n, dtype=torch.bool)
-    gts = [np.flatnonzero((gl == gl[i]) & (ids != i)) for i in range(n)]
-    return sim, rel, excl, ids, gts
+    return sim, rel, excl, gl
+
+
+def random_embeddings(n: int, d: int, seed: int):
+    "Random Gaussian embeddings (a weak model): random similarities from a [n, d] x [d, n] matmul."
+    r = np.random.default_rng(seed)
+    return r.standard_normal((n, d), dtype=np.float32), r.standard_normal((n, d), dtype=np.float32)
 
 
 def embedding_problem(q: int, g: int, d: int, n_labels: int, seed: int):
@@ -117,54 +148,84 @@ def embedding_problem(q: int, g: int, d: int, n_labels: int, seed: int):
 
 # ---------------------------------------------------------------- timing
 
-def timed(f):
-    t = time.perf_counter()
-    out = f()
-    return time.perf_counter() - t, out
-
-
 def compare(a: dict, b: dict) -> float:
     assert list(a) == list(b), (list(a), list(b))
     return max(abs(a[k] - b[k]) for k in a)
 
 
 def row(name: str, size: str, fns: dict, repeats: int) -> dict:
-    "Time the functions interleaved, `repeats` times each; medians, ratios and the largest metric difference."
-    times = {k: [] for k in fns}
+    "Time the functions interleaved, `repeats` times each: median wall and CPU seconds, and every output."
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     outs = {}
     for _ in range(repeats):
         for k, f in fns.items():
-            t, outs[k] = timed(f)
-            times[k].append(t)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    med.setdefault("matmul", 0.0)
-    return dict(name=name, size=size, med=med, diff=compare(outs["published"], outs["ours"]),
-                diff_fh=compare(outs["ours"], outs["ours+first-hit"]), metrics=outs["ours"])
+            t, c = time.perf_counter(), time.process_time()
+            outs[k] = f()
+            wall[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    ours = [k for k in fns if k not in ("published", "matmul")]
+    diff = max(compare(outs["published"], outs[k]) for k in ours)
+    for k in ours:                                                     # all of ours: the very same numbers
+        if outs[k] != outs[ours[0]]: raise SystemExit(f"{name} {size}: {k} differs from {ours[0]}")
+    return dict(name=name, size=size, med={k: float(np.median(v)) for k, v in wall.items()},
+                cpu={k: float(np.median(v)) for k, v in cpu.items()}, diff=diff, metrics=outs[ours[0]])
 
 
-def random_row(n: int, repeats: int, seed: int = 0) -> dict:
-    from tfcovr.eval.metrics import per_query_metrics, retrieval_metrics, summarize_metrics
-    sim, rel, excl, ids, gts = random_problem(n, seed)
-    return row("random", f"{n} x {n}", {
+def random_rows(n: int, repeats: int, seed: int = 0) -> list[dict]:
+    from tfcovr.eval.metrics import (per_query_metrics_from_lists, retrieval_metrics, retrieval_metrics_from_embeddings,
+                                     retrieval_metrics_from_lists, summarize_metrics)
+    sim, rel, excl, gl = random_problem(n, seed)
+    ids = np.arange(n)
+    gts = gt_lists(gl, gl, ids)
+    own = [np.array([i]) for i in ids]
+    rows = [row("random", f"sims {n} x {n}", {
         "published": lambda: published_loop(sim.clone(), ids, ids, gts),
-        "ours": lambda: retrieval_metrics(sim, rel, KS, excl),
-        "ours+first-hit": lambda: summarize_metrics(per_query_metrics(sim, rel, KS, excl, first_hit=True), KS),
-    }, repeats)
+        "dense": lambda: retrieval_metrics(sim, rel, KS, excl),
+    }, repeats)]
+    qe, ge = random_embeddings(n, 16, seed)
+    Qt, Gt = torch.from_numpy(qe), torch.from_numpy(ge)
+    rows.append(row("random", f"emb D=16 {n} x {n}", {
+        "published": lambda: published_loop(Qt @ Gt.T, ids, ids, gts),
+        "matmul": lambda: Qt @ Gt.T,
+        "lists": lambda: retrieval_metrics_from_lists(qe, ge, gts, own, KS),
+        "labels": lambda: retrieval_metrics_from_embeddings(qe, ge, gl, gl, ids, KS),
+        "lists+fh": lambda: summarize_metrics(per_query_metrics_from_lists(qe, ge, gts, own, KS, first_hit=True), KS),
+    }, repeats))
+    return rows
 
 
 def embedding_row(n: int, repeats: int, d: int, seed: int = 0) -> dict:
-    from tfcovr.eval.metrics import per_query_metrics_from_embeddings, retrieval_metrics_from_embeddings, summarize_metrics
+    from tfcovr.eval.metrics import (per_query_metrics_from_lists, retrieval_metrics_from_embeddings,
+                                     retrieval_metrics_from_lists, summarize_metrics)
     qe, ge, ql, gl, own = embedding_problem(n, n, d, max(2, n // 20), seed)
     ids = np.arange(n)
-    gts = [np.flatnonzero((gl == ql[i]) & (ids != own[i])) for i in range(n)]
+    gts = gt_lists(ql, gl, own)
+    excl = [np.array([o]) for o in own]
     Qt, Gt = torch.from_numpy(qe), torch.from_numpy(ge)
-    return row("embeddings", f"{n} x {n}", {
+    return row("embeddings", f"D={d} {n} x {n}", {
         "published": lambda: published_loop(Qt @ Gt.T, own, ids, gts),
-        "ours": lambda: retrieval_metrics_from_embeddings(qe, ge, ql, gl, own, KS),
         "matmul": lambda: Qt @ Gt.T,
-        "ours+first-hit": lambda: summarize_metrics(
-            per_query_metrics_from_embeddings(qe, ge, ql, gl, own, KS, first_hit=True), KS),
+        "lists": lambda: retrieval_metrics_from_lists(qe, ge, gts, excl, KS),
+        "labels": lambda: retrieval_metrics_from_embeddings(qe, ge, ql, gl, own, KS),
+        "lists+fh": lambda: summarize_metrics(per_query_metrics_from_lists(qe, ge, gts, excl, KS, first_hit=True), KS),
     }, repeats)
+
+
+def table(rows: list[dict]) -> list[str]:
+    "The printed comparison: seconds and ratios (published / ours), with and without the matmul."
+    cols = ("dense", "lists", "labels", "lists+fh")
+    out = [f"{'regime':<10} {'data, Q x G':>22} {'published':>9} " + " ".join(f"{c:>15}" for c in cols)
+           + f" {'max|diff|':>9} {'matmul':>7} {'w/o matmul: lists':>17} {'labels':>6}  {'CPU-time ratio, lists':>21}"]
+    for r in rows:
+        m, p = r["med"], r["med"]["published"]
+        cells = [f"{m[c]:>6.3f}s {p / m[c]:>5.1f}x" if c in m else f"{'-':>15}" for c in cols]
+        mm = m.get("matmul")
+        wo = ([f"{(p - mm) / (m[c] - mm):>5.1f}x" for c in ("lists", "labels")] if mm else ["-", "-"])
+        cpu = f"{r['cpu']['published'] / r['cpu']['lists']:.1f}x" if "lists" in m else "-"
+        out.append(f"{r['name']:<10} {r['size']:>22} {p:>8.3f}s " + " ".join(cells)
+                   + f" {r['diff']:>9.1e} " + (f"{mm:>6.3f}s" if mm else f"{'-':>7}") + f" {wo[0]:>17} {wo[1]:>6}  {cpu:>21}")
+    return out
 
 
 # ---------------------------------------------------------------- bounded memory at 20,000
@@ -180,15 +241,18 @@ def _reset_peak() -> bool:
     except OSError: return False
 
 
-def big_child(n: int, d: int, chunk_size: int) -> dict:
-    "Build the data, reset the memory peak, run ours once; time and extra peak resident memory."
-    from tfcovr.eval.metrics import retrieval_metrics_from_embeddings
+def big_child(n: int, d: int, chunk_size: int, path: str) -> dict:
+    "Build the data, reset the memory peak, run one path once; time and extra peak resident memory."
+    from tfcovr.eval.metrics import retrieval_metrics_from_embeddings, retrieval_metrics_from_lists
     qe, ge, ql, gl, own = embedding_problem(n, n, d, max(2, n // 20), 0)
-    retrieval_metrics_from_embeddings(qe[:8], ge[:64], gl[:8], gl[:64], None, KS)   # page in the kernels
+    gts, excl = gt_lists(ql, gl, own), [np.array([o]) for o in own]
+    retrieval_metrics_from_lists(qe[:8], ge[:64], [np.array([i]) for i in range(8)], None, KS)   # page in the kernels
+    retrieval_metrics_from_embeddings(qe[:8], ge[:64], gl[:8], gl[:64], None, KS)
     reset = _reset_peak()
     base = _rss_kb("VmRSS") if reset else _rss_kb("VmHWM")
     t, c = time.perf_counter(), time.process_time()
-    m = retrieval_metrics_from_embeddings(qe, ge, ql, gl, own, KS, chunk_size=chunk_size)
+    if path == "lists": m = retrieval_metrics_from_lists(qe, ge, gts, excl, KS, chunk_size=chunk_size)
+    else: m = retrieval_metrics_from_embeddings(qe, ge, ql, gl, own, KS, chunk_size=chunk_size)
     return dict(seconds=time.perf_counter() - t, cpu_seconds=time.process_time() - c, peak_reset=reset,
                 extra_peak_rss_mb=(_rss_kb("VmHWM") - base) / 1024, data_mb=(qe.nbytes + ge.nbytes) / 2**20, metrics=m)
 
@@ -196,41 +260,35 @@ def big_child(n: int, d: int, chunk_size: int) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per method (median reported)")
-    p.add_argument("--random-size", type=int, default=3000, help="Q = G of the random-similarity regime")
+    p.add_argument("--random-size", type=int, default=3000, help="Q = G of the random regime")
     p.add_argument("--sizes", type=int, nargs="*", default=[3000, 10000], help="Q = G of the embedding regime")
     p.add_argument("--d", type=int, default=768, help="embedding size")
     p.add_argument("--big", type=int, default=20000, help="Q = G of the bounded-memory run (0: skip)")
     p.add_argument("--chunk-size", type=int, default=512, help="queries ranked at once in the bounded-memory run")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["lists", "labels"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(big_child(args.big, args.d, args.chunk_size)))
+        print(json.dumps(big_child(args.big, args.d, args.chunk_size, args.child)))
         return
     print(f"machine: {machine()}; 1-min load average at the start: {os.getloadavg()[0]:.1f}")
-    print(f"ks={KS}; times are medians of {args.repeats} interleaved repeats in one process")
-    rows = [random_row(args.random_size, args.repeats)]
+    print(f"ks={KS}; seconds are medians of {args.repeats} interleaved repeats in one process (fewer at 10,000), "
+          "ratios = published / ours")
+    rows = random_rows(args.random_size, args.repeats)
     rows += [embedding_row(n, max(1, args.repeats if n <= 3000 else (args.repeats + 1) // 2), args.d) for n in args.sizes]
-    print(f"{'regime':<11} {'Q x G':>13} {'published':>10} {'ours':>8} {'ratio':>6} {'ours+first-hit':>15} {'ratio':>6}"
-          f"  {'max |metric diff|':>17}  {'matmul':>7} {'ratio without it':>16}")
-    for r in rows:
-        m = r["med"]
-        print(f"{r['name']:<11} {r['size']:>13} {m['published']:>9.3f}s {m['ours']:>7.3f}s "
-              f"{m['published'] / m['ours']:>5.1f}x {m['ours+first-hit']:>14.3f}s {m['published'] / m['ours+first-hit']:>5.1f}x"
-              f"  {r['diff']:>17.1e}  " + (f"{m['matmul']:>6.3f}s {(m['published'] - m['matmul']) / (m['ours'] - m['matmul']):>15.1f}x"
-                                             if m["matmul"] else f"{'-':>7} {'-':>16}"))
-        if r["diff_fh"] != 0: raise SystemExit(f"{r['name']} {r['size']}: first_hit changes the metrics ({r['diff_fh']})")
+    for line in table(rows): print(line)
     for r in rows: print(f"  {r['name']} {r['size']} (ours): " + ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items()))
     if args.big:
-        cmd = [sys.executable, __file__, "--child", f"--big={args.big}", f"--d={args.d}", f"--chunk-size={args.chunk_size}"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0: raise SystemExit(f"bounded-memory run failed:\n{res.stderr[-3000:]}")
-        b = json.loads(res.stdout.strip().splitlines()[-1])
         n = args.big
-        print(f"bounded memory: Q = G = {n}, D = {args.d}, chunk {args.chunk_size}: retrieval_metrics_from_embeddings "
-              f"{b['seconds']:.1f} s wall ({b['cpu_seconds']:.1f} s CPU), extra peak RSS {b['extra_peak_rss_mb']:.0f} MiB "
-              f"over the {b['data_mb']:.0f} MiB of embeddings (VmHWM reset: {b['peak_reset']}); the published loop's "
-              f"[Q, G] float32 matrix alone is {n * n * 4 / 2**20:.0f} MiB")
-        print("  " + ", ".join(f"{k} {v:.3f}" for k, v in b["metrics"].items()))
+        for path in ("lists", "labels"):
+            cmd = [sys.executable, __file__, f"--child={path}", f"--big={n}", f"--d={args.d}", f"--chunk-size={args.chunk_size}"]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0: raise SystemExit(f"bounded-memory run failed:\n{res.stderr[-3000:]}")
+            b = json.loads(res.stdout.strip().splitlines()[-1])
+            print(f"bounded memory, {path} path: Q = G = {n}, D = {args.d}, chunk {args.chunk_size}: {b['seconds']:.1f} s wall "
+                  f"({b['cpu_seconds']:.1f} s CPU), extra peak RSS {b['extra_peak_rss_mb']:.0f} MiB over the "
+                  f"{b['data_mb']:.0f} MiB of embeddings (VmHWM reset: {b['peak_reset']})")
+            print("  " + ", ".join(f"{k} {v:.3f}" for k, v in b["metrics"].items()))
+        print(f"the published loop's [Q, G] float32 matrix alone is {n * n * 4 / 2**20:.0f} MiB")
     print(f"1-min load average at the end: {os.getloadavg()[0]:.1f}")
 
 

@@ -85,8 +85,8 @@ _NEG = float("-inf")
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:
-    "Row-wise number of True in a [q, G] bool mask, int64."
-    return mask.sum(1)
+    "Row-wise number of True in a [q, G] bool mask, int64 (summing a uint8 view into int32 is ~10x faster than `sum` on bools)."
+    return mask.view(torch.uint8).sum(1, dtype=torch.int32).long()
 
 
 def _top(
@@ -95,7 +95,7 @@ def _top(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # scores [q, kk] sorted descending (equal scores in no defined order), gallery indices [q, kk]
     "The `kk` best items of each row, selected among the items of the row's `kk` best blocks instead of the whole row."
     q, G = s.shape
-    B = G // max(1, math.isqrt(G * kk))                              # block size: about sqrt(G * kk) blocks of B items
+    B = G // max(1, math.isqrt(2 * G * kk))                          # block size: about sqrt(2 G kk) blocks of B items
     if B < 2: return s.topk(kk, dim=1)
     nb = G // B
     bm = s[:, :nb * B].reshape(q, B, nb).amax(1)                     # [q, nb] maxima of the blocks {b, b + nb, b + 2 nb, ...}
@@ -402,8 +402,10 @@ def per_query_metrics_from_lists(
     if exclude is not None:
         ep, ei = _index_lists(exclude, Q, G, "exclude")
         erows = np.repeat(np.arange(Q), np.diff(ep))
-        both = np.intersect1d(keys, erows * G + ei)
-        if both.size: raise ValueError(f"query {both[0] // G}: gallery index {both[0] % G} is both relevant and excluded")
+        ekeys = erows * G + ei                                       # (query, gallery index), sorted by query
+        pos = np.searchsorted(keys, ekeys).clip(max=max(len(keys) - 1, 0))
+        both = np.flatnonzero(keys[pos] == ekeys) if len(keys) else pos[:0]
+        if both.size: raise ValueError(f"query {erows[both[0]]}: gallery index {ei[both[0]]} is both relevant and excluded")
     none = np.flatnonzero(n_rel == 0)
     if none.size: raise ValueError(f"query {none[0]} has no relevant, non-excluded gallery item ({none.size} such queries)")
     dev = g.device
