@@ -15,9 +15,9 @@ import pytest
 
 from tfcovr.data.attributes import Attributes, add_attributes, diff_attributes, is_complete, parse_label
 from tfcovr.data.fetch import real_labels_config
-from tfcovr.data.labels import (FINEDIVING_ANNOTATION, FINEDIVING_TABLE, PAPER_CLASSES, LabelsConfig, UnsafePickleError,
-                                label_table, load_finediving, load_finegym, load_labels, paper_label_ids, read_label_ids,
-                                safe_load_pickle)
+from tfcovr.data.labels import (FINEDIVING_ANNOTATION, FINEDIVING_TABLE, PAPER_CLASSES, SPLITS, LabelsConfig, SplitsConfig,
+                                UnsafePickleError, action_classes, assign_splits, check_classes, label_table, load_finediving,
+                                load_finegym, load_labels, paper_label_ids, read_label_ids, safe_load_pickle, straddling_sources)
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +72,51 @@ def test_safe_load_pickle_reads_real_annotation(shared_data):
     assert len(ann) == 3000
     v = ann[("01", 1)]
     assert isinstance(v["frames_labels"], np.ndarray) and v["action_type"] == "407c"
+
+
+# ---- final splits -------------------------------------------------------------------------------------------
+
+def test_real_splits_share_source_videos(real_clips):
+    "The datasets' own splits share source videos: the reason the labels stage re-draws them by source video."
+    shared = straddling_sources(real_clips)
+    assert shared.groupby("dataset").size().to_dict() == {"finediving": 131, "finegym": 113}
+    assert set(shared.splits) == {"train,val", "train,test"}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_real_final_splits_are_source_disjoint_and_complete(real_clips, seed):
+    final = assign_splits(real_clips, SplitsConfig(), seed)
+    assert straddling_sources(final).empty
+    assert (final.original_split == real_clips.split).all() and (final.video_id == real_clips.video_id).all()
+    for ds, g in final.groupby("dataset"):
+        assert set(g.split) == set(SPLITS), ds
+        counts = g.split.value_counts(normalize=True)
+        assert counts["train"] > 0.5 and counts["test"] > 0.1 and counts["val"] > 0.05, (ds, counts.to_dict())
+    gym = final[final.dataset == "finegym"]                     # test is carved out of val: half its source videos
+    n_eval = gym.source_video[gym.split != "train"].nunique()
+    assert gym.source_video[gym.split == "test"].nunique() == round(0.5 * n_eval)
+    dive = final[final.dataset == "finediving"]                 # val is carved out of train: a fifth of its source videos
+    assert dive.source_video[dive.split == "val"].nunique() == round(0.2 * dive.source_video[dive.split != "test"].nunique())
+    assert assign_splits(real_clips, SplitsConfig(), seed).equals(final)
+    assert assign_splits(final, SplitsConfig(), seed).equals(final)       # from original_split: the same draw
+
+
+def test_splits_keep_the_datasets_own_when_told(real_clips):
+    own = assign_splits(real_clips, SplitsConfig(exclusive_sources=False, val_from_train=0.0, test_from_val=0.0), 0)
+    assert (own.split == real_clips.split).all()
+    carved = assign_splits(real_clips, SplitsConfig(exclusive_sources=False), 0)  # carving alone moves whole source videos
+    gym = carved[(carved.dataset == "finegym") & (carved.original_split == "val")]
+    assert set(gym.split) == {"val", "test"} and (gym.groupby("source_video").split.nunique() == 1).all()
+    assert not straddling_sources(carved).empty                                  # but the datasets' own overlaps remain
+
+
+def test_a_draw_that_empties_a_split_gives_it_a_source_back():
+    rows = [("d", f"s{k}", "train", 9) for k in range(4)] + [("d", f"s{k}", "test", 1) for k in range(4)]
+    clips = pd.DataFrame([{"dataset": ds, "split": sp, "video_id": f"{src}_{sp}_{i}", "source_video": src}
+                          for ds, src, sp, n in rows for i in range(n)])
+    for seed in range(5):
+        final = assign_splits(clips, SplitsConfig(val_from_train=0.0), seed)
+        assert straddling_sources(final).empty and set(final.split) == {"train", "test"}, seed
 
 
 # ---- errors -------------------------------------------------------------------------------------------------
@@ -176,6 +221,25 @@ def test_paper_classes_have_provenance():
     assert "TF-CoVR" in header and "AIM_Embeddings/src/data/data.py" in header
 
 
+def test_shipped_classes_equal_the_shared_list(shared_data):
+    "The package's list equals the class list beside the real label files, line for line (when that folder has it)."
+    f = shared_data / PAPER_CLASSES
+    if not f.is_file(): pytest.skip(f"{f}: not in this labels folder")
+    assert read_label_ids(f) == paper_label_ids()
+
+
+def test_action_classes(real_clips):
+    assert action_classes(real_clips) == sorted(real_clips.label_id.unique()) and len(action_classes(real_clips)) == 340
+    assert action_classes(real_clips, "paper") == paper_label_ids()
+    toy = pd.DataFrame({"video_id": ["a"], "label_id": ["toy/up"]})
+    with pytest.raises(ValueError, match="none of the published model's 306 classes is a label of the table"):
+        action_classes(toy, "paper")
+    with pytest.raises(ValueError, match="classes: 'paper' lists the published model's FineGym and FineDiving classes, "
+                                         "and data.source 'synth' has labels of its own"):
+        check_classes("paper", "synth")
+    check_classes("paper", "real")
+
+
 def test_paper_label_ids_are_real_labels(real_clips):
     ids = paper_label_ids()
     assert set(ids) <= set(real_clips.label_id)
@@ -227,7 +291,7 @@ def test_diff_attributes_names_the_change():
 
 def test_labels_stage_writes_parquet(root, tmp_path, gym_files):
     write_diving(tmp_path / "fd", {"train": [("Women10m_final", 1), ("Women10m_final", 2)], "val": [("Women10m_final", 3)]})
-    (gym_files / "val.txt").write_text("bbbbbbbbbbb_E_000010_000020_A_0001_0003 1\n")
+    (gym_files / "val.txt").write_text("bbbbbbbbbbb_E_000010_000020_A_0001_0003 1\nccccccccccc_E_000010_000020_A_0001_0003 0\n")
     (tmp_path / "params.yaml").write_text(f"""
 seed: 0
 data:
@@ -247,6 +311,7 @@ data:
   videos:
     real: {{finegym: {tmp_path / 'clips'}, finediving: {tmp_path / 'fd'}}}
     synth: {{finegym: {tmp_path / 'clips'}, finediving: {tmp_path / 'fd'}}}
+  splits: {{exclusive_sources: true, val_from_train: 0.2, test_from_val: 0.5}}
 """)
     out = tmp_path / "labels.parquet"
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), "--no-progress-bar", "nbs/stages/labels.ipynb",
@@ -254,9 +319,14 @@ data:
                        cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     df = pd.read_parquet(out)
-    assert len(df) == 6
-    assert df.groupby(["dataset", "split"]).size().to_dict() == {
-        ("finediving", "train"): 2, ("finediving", "val"): 1, ("finegym", "train"): 2, ("finegym", "val"): 1}
+    assert len(df) == 7
+    assert df.groupby(["dataset", "original_split"]).size().to_dict() == {
+        ("finediving", "train"): 2, ("finediving", "val"): 1, ("finegym", "train"): 2, ("finegym", "val"): 2}
+    gym = df[df.dataset == "finegym"].set_index("source_video").split
+    assert gym["abcdefghijk"].tolist() == ["train", "train"]                     # FineGym's test: one of its two val videos
+    assert sorted(gym[["bbbbbbbbbbb", "ccccccccccc"]]) == ["test", "val"]
+    assert df[df.dataset == "finediving"].split.nunique() == 1                  # one competition: in one split, wholly
+    assert straddling_sources(df).empty
     assert df.set_index("video_id").loc["Women10m_final_3", ["video_key", "event", "attr_somersaults"]].tolist() == \
         ["Women10m_final/3", "platform", 3.5]
     assert df.attr_complete.all()

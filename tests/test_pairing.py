@@ -1,4 +1,5 @@
-"""Label pairing on the real FineDiving labels: the band, the attribute rules, the cap, the plots and the params section."""
+"""Label pairing on the real labels: the band, the attribute rules, the cap, pairs across events but never across disciplines,
+the paper's class list, the plots and the params section."""
 import json
 
 import numpy as np
@@ -7,7 +8,8 @@ import yaml
 
 from tfcovr.data.attributes import diff_attributes, parse_label
 from tfcovr.core import ParamsError, from_dict, to_dict
-from tfcovr.data.labels import load_finediving
+from tfcovr.data.fetch import real_labels_config
+from tfcovr.data.labels import action_classes, load_finediving, load_labels
 from tfcovr.data.pairing import (CANDIDATE_COLUMNS, PAIR_COLUMNS, PairingConfig, build_pairs, candidate_pairs, pairing_summary,
                             plot_pairs_per_label, plot_similarity, select_pairs)
 
@@ -22,6 +24,50 @@ def diving(shared_data):
         clips = load_finediving(shared_data / "finediving")
         _CACHE["diving"] = clips, build_pairs(clips, PairingConfig())
     return _CACHE["diving"]
+
+
+@pytest.fixture
+def real(shared_data):
+    "The real FineGym + FineDiving clip table and its pairs with the default rules (built once per session)."
+    if "real" not in _CACHE:
+        clips = load_labels(real_labels_config(), shared_data)
+        _CACHE["real"] = clips, build_pairs(clips, PairingConfig())
+    return _CACHE["real"]
+
+
+def _disciplines(res):
+    d = res.labels.set_index("label_id").discipline
+    return res.pairs.query_label_id.map(d), res.pairs.target_label_id.map(d)
+
+
+def test_pairs_cross_events_never_disciplines(real):
+    clips, res = real
+    assert PairingConfig().same_event is False                              # the paper's rule is the default
+    q, t = _disciplines(res)
+    assert (q == t).all() and set(q) == {"gymnastics", "diving"}
+    gym = res.pairs[res.pairs.discipline == "gymnastics"]
+    cross = gym[gym.event.str.contains("->")]
+    assert len(cross) > 0 and all(json.loads(d)["event"][0] != json.loads(d)["event"][1] for d in cross["diff"])
+    one = select_pairs(res.candidates, PairingConfig(same_event=True))      # the older rule: a subset of the candidates
+    assert not one.event.str.contains("->").any()
+    assert set(zip(one.query_label_id, one.target_label_id)) != set(zip(res.pairs.query_label_id, res.pairs.target_label_id))
+    s = pairing_summary(res, PairingConfig())
+    assert s["disciplines"]["gymnastics"]["cross_event_pairs"] == len(cross) and s["disciplines"]["diving"]["cross_event_pairs"] == 0
+
+
+def test_paper_classes_leave_out_34_labels(real):
+    clips, _ = real
+    paper = action_classes(clips, "paper")
+    res = build_pairs(clips, PairingConfig(), classes=paper)
+    assert len(res.labels) == 306 and set(res.labels.label_id) == set(paper)
+    assert set(res.pairs.query_label_id) | set(res.pairs.target_label_id) <= set(paper)
+    assert res.left_out.groupby("dataset").size().to_dict() == {"finediving": 5, "finegym": 29}
+    assert set(res.left_out.label_id) == set(clips.label_id) - set(paper)
+    assert pairing_summary(res, PairingConfig())["left_out"] == {"labels": 34, "datasets": {"finediving": 5, "finegym": 29}}
+    q, t = _disciplines(res)
+    assert (q == t).all()
+    every = build_pairs(clips, PairingConfig(), classes=action_classes(clips, "all"))   # `all`: nothing left out
+    assert every.left_out.empty and len(every.labels) == 340
 
 
 def test_real_diving_pairs_follow_the_rules(diving):

@@ -118,3 +118,25 @@ def test_evaluate_device_is_checked(root, tmp_path, capsys):
 def test_unknown_device_is_rejected(root, tmp_path, capsys, old, new, key):
     err = params_error(edited(root, tmp_path, old, new), capsys)
     assert key in err and "'gpu'" in err
+
+
+def test_paper_classes_need_the_real_source(root, tmp_path, capsys):
+    "SynthGym's labels are not the paper's: `classes: paper` with `data.source: synth` is one line naming the key."
+    p = edited(root, tmp_path, "classes: all ", "classes: paper ")
+    assert "classes: 'paper' lists the published model's FineGym and FineDiving classes, and data.source 'synth' has labels " \
+        "of its own (SynthGym's): use classes: all, or data.source: real" in params_error(p, capsys)
+    real = edited(root, tmp_path, "  source: synth ", "  source: real ")
+    real.write_text(real.read_text().replace("classes: all ", "classes: paper ").replace("  root: data/synth ", "  root: data/raw "))
+    assert main(["params", str(real)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("classes: all ", "classes: some ", "classes: expected one of 'all' | 'paper', got 'some'"),
+    ("classes: all ", "# classes: all ", "classes: missing section"),
+    ("    test_from_val: 0.5 ", "    test_from_val: 1.0 ", "data.splits: test_from_val must be in [0, 1), got 1.0"),
+    ("    exclusive_sources: true ", "    exclusive_sources: yes_please ", "data.splits.exclusive_sources: expected bool"),
+    ("  same_event: false ", "  same_event: false\n  test_from_val: 0.5 ", "pairing.test_from_val: unknown key"),
+    ("  distinct_source: true ", "  distinct_source: true\n  test_from_val: 0.5 ", "triplets.test_from_val: unknown key"),
+])
+def test_data_side_keys_are_checked(root, tmp_path, capsys, old, new, message):
+    assert message in params_error(edited(root, tmp_path, old, new), capsys)

@@ -1,4 +1,5 @@
-"""Stage 1 end to end on toy clips: exact resume in a new process, two-process DDP with Gloo, errors that name the video."""
+"""Stage 1 end to end on toy clips: exact resume in a new process, two-process DDP with Gloo, errors that name the video, the
+clips it reads (train and val only) and a given class list."""
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from tfcovr.toys import toy_clips
 from tfcovr.models.io import ModelFileError
 from tfcovr.core import TMPDIR_ENV, derive_seed, seed_everything, to_dict
 from tfcovr.models.aim import load_stage1
-from tfcovr.train.stage1 import Stage1Config, train_stage1
+from tfcovr.train.stage1 import Stage1Config, stage1_clips, train_stage1
 from tfcovr.data.video import VideoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,3 +167,28 @@ def test_broken_checkpoints_are_one_line_naming_the_file(toy, tmp_path):
     trainer.write_bytes(b"")
     with pytest.raises(ModelFileError, match=f"{trainer}: empty file"):
         train_stage1(cfg(epochs=2, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False)
+
+
+def test_stage1_reads_train_and_val_only(toy):
+    _, labels = toy
+    test = labels[labels.split == "val"].assign(split="test", video_id=lambda d: d.video_id + "_test")
+    c = stage1_clips(pd.concat([labels, test]))
+    assert set(c.train.split) == {"train"} and set(c.val.split) == {"val"}
+    assert not (set(c.train.video_id) | set(c.val.video_id)) & set(test.video_id)
+    for bad in ({"val_split": "test"}, {"val_split": "train", "train_split": "val"}):
+        with pytest.raises(ValueError, match="must be '(val|train)', got"): cfg(**bad)
+
+
+def test_a_given_class_list_orders_the_head_and_is_reported(toy, tmp_path):
+    root, labels = toy
+    order = ["toy/up", "toy/left", "toy/down", "toy/none"]          # 'right' is no class; 'none' has no clip
+    c = stage1_clips(labels, order)
+    assert (c.left_out, c.no_train_clips) == (4, ["toy/none"])
+    res = train_stage1(cfg(epochs=1, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False,
+                       log_every=0, classes=order)
+    model, meta = load_stage1(tmp_path / "aim")
+    assert meta["classes"] == res.classes == order and model.head.weight.shape[0] == 4
+    m = json.loads((tmp_path / "aim" / "metrics.json").read_text())
+    assert (m["num_classes"], m["classes_without_train_clips"], m["clips_left_out"]) == (4, ["toy/none"], 4)
+    with pytest.raises(ValueError, match="class 'toy/up' listed twice"):
+        train_stage1(cfg(epochs=1), labels, root / "videos", tmp_path / "x", seed=0, progress=False, classes=["toy/up", "toy/up"])

@@ -1,4 +1,5 @@
-"""Triplets on the real label files: ground truths, source disjointness, the carved test split, files, and the stage chain."""
+"""Triplets on the real label files: ground truths, source disjointness, files, the stage chain, and no leak: the labels
+stage fixes every split, so no clip that Stage 1 trains or selects on is a retrieval-test video (SynthGym-like and real tables)."""
 import json
 import subprocess
 import sys
@@ -8,13 +9,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from tfcovr.core import to_dict
-from tfcovr.data.labels import load_finediving, load_finegym
+from tfcovr.core import from_dict, to_dict
+from tfcovr.data.fetch import real_labels_config
+from tfcovr.data.labels import (LabelsConfig, SplitsConfig, action_classes, assign_splits, load_finediving, load_labels,
+                                straddling_sources)
 from tfcovr.data.modify import ModifyConfig, generate_modifications
 from tfcovr.data.pairing import PairingConfig, build_pairs, label_attributes
+from tfcovr.data.synth import default_config, plan_synth, write_annotations
 from tfcovr.data.triplets import (EVAL_COLUMNS, TFCOVR_EVAL, TFCOVR_TRAIN, TRAIN_COLUMNS, TripletsConfig, build_triplets,
                                   export_tfcovr_csvs, gallery_videos, load_triplets, read_tfcovr_csv, triplet_stats, video_table,
                                   write_tfcovr_csv, write_triplets)
+from tfcovr.train.stage1 import stage1_clips
 
 _CACHE: dict = {}
 CFG = TripletsConfig(train_max_per_pair=20)
@@ -120,22 +125,73 @@ def test_stats(diving):
     assert st["paper"]["labels_used"]["total"] == 306
 
 
-def test_carved_test_split_on_real_finegym(shared_data):
-    g = shared_data / "finegym"
-    clips = load_finegym(g / "gym288_categories.txt", {"train": g / "gym288_train_element_v1.1.txt", "val": g / "gym288_val_element.txt"},
-                         g / "set_categories.txt")
-    v = video_table(clips, TripletsConfig(), seed=0)
-    assert set(v.split) == {"train", "val", "test"}
-    assert (v.split[v.original_split == "train"] == "train").all()
-    val_src, test_src = set(v.source_video[v.split == "val"]), set(v.source_video[v.split == "test"])
-    assert val_src and test_src and not val_src & test_src                     # source-disjoint
-    n = clips.source_video[clips.split == "val"].nunique()
-    assert len(test_src) == round(0.5 * n)
-    assert video_table(clips, TripletsConfig(), seed=0).equals(v)
-    other = video_table(clips, TripletsConfig(), seed=1)
-    assert set(other.source_video[other.split == "test"]) != test_src          # the draw follows the seed
-    kept = video_table(clips, TripletsConfig(test_from_val=0.0), seed=0)
-    assert set(kept.split) == {"train", "val"}
+def _pairs_and_mods(clips: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Label pairs between neighbouring labels of each dataset (both ways), with a placeholder modification text each."
+    rows = []
+    for _, g in clips.groupby("dataset"):
+        ids = sorted(g.label_id.unique())
+        rows += [(a, b) for a, b in zip(ids, ids[1:])] + [(b, a) for a, b in zip(ids, ids[1:])]
+    text = clips.drop_duplicates("label_id").set_index("label_id").label
+    pairs = pd.DataFrame(rows, columns=["query_label_id", "target_label_id"])
+    pairs["query_label"], pairs["target_label"] = pairs.query_label_id.map(text), pairs.target_label_id.map(text)
+    return pairs, pairs[["query_label_id", "target_label_id"]].assign(modification="show it otherwise", modification_type="other")
+
+
+def _check_no_leak(final: pd.DataFrame, seed: int = 0, classes: tuple[str, ...] = ("all",)) -> pd.DataFrame:
+    "Build the triplets of a labels table with final splits; assert that no Stage-1 clip is a test video. Returns the videos."
+    pairs, mods = _pairs_and_mods(final)
+    res = build_triplets(final, pairs, mods, TripletsConfig(train_max_per_pair=5), seed, progress=False)
+    test = set(gallery_videos(res.videos, "test"))
+    assert set(res.videos.dataset[res.videos.split == "test"]) == set(final.dataset)   # every dataset has retrieval-test videos
+    assert res.videos.equals(video_table(final))
+    for name in classes:                                                               # the clips Stage 1 trains and selects on
+        s1 = stage1_clips(final, action_classes(final, name))
+        assert len(s1.train) and len(s1.val) and not (set(s1.train.video_id) | set(s1.val.video_id)) & test, name
+    assert straddling_sources(res.videos).empty                                        # no source video in two splits
+    assert res.videos.set_index("video_id").split.sort_index().equals(final.set_index("video_id").split.astype(str).sort_index())
+    assert (res.videos.original_split != res.videos.split).any()                       # the labels stage moved clips, the triplets kept them
+    return res.videos
+
+
+def _synth_tables(tmp: Path) -> dict[str, pd.DataFrame]:
+    "SynthGym's annotations (no video rendered) read three ways: as rendered; as the real files come (FineGym train + val,"
+    "FineDiving train + test); and so, with a val or test source video renamed after a train one, as the real splits share sources."
+    cfg = default_config()
+    write_annotations(plan_synth(cfg, 0), cfg, tmp, 0)
+    files = {"datasets": ["finegym", "finediving"],
+             "finegym": {"categories": "finegym/categories.txt", "set_categories": "finegym/set_categories.txt",
+                         "splits": {s: f"finegym/{s}_element.txt" for s in ("train", "val", "test")}},
+             "finediving": {"annotation_dir": "finediving", "splits": ["train", "val", "test"]}}
+    rendered = load_labels(from_dict(LabelsConfig, files, "labels"), tmp)
+    files["finegym"]["splits"].pop("test"); files["finediving"]["splits"] = ["train", "test"]
+    published = load_labels(from_dict(LabelsConfig, files, "labels"), tmp)
+    shared = published.copy()
+    for ds, g in shared.groupby("dataset"):
+        train = sorted(g.source_video[g.split == "train"].unique())
+        other = sorted(g.source_video[g.split != "train"].unique())
+        shared.loc[g.index, "source_video"] = g.source_video.replace({other[0]: train[0]})
+    return {"rendered": rendered, "published": published, "shared": shared}
+
+
+def test_no_stage1_clip_is_a_test_video_on_synthgym_like_tables(tmp_path):
+    tables = _synth_tables(tmp_path)
+    assert straddling_sources(tables["rendered"]).empty and not straddling_sources(tables["shared"]).empty
+    rendered = assign_splits(tables["rendered"], SplitsConfig(), 0)
+    assert (rendered.split == rendered.original_split).all()                      # three source-disjoint splits pass unchanged
+    for name in ("published", "shared"):
+        final = assign_splits(tables[name], SplitsConfig(), 0)
+        _check_no_leak(final)
+    kept = assign_splits(tables["shared"], SplitsConfig(exclusive_sources=False), 0)   # the datasets' own overlaps kept:
+    with pytest.raises(AssertionError, match="straddling_sources"):                    # the check sees them
+        _check_no_leak(kept)
+
+
+def test_no_stage1_clip_is_a_test_video_on_the_real_files(shared_data):
+    clips = load_labels(real_labels_config(), shared_data)
+    for seed in (0, 1):
+        videos = _check_no_leak(assign_splits(clips, SplitsConfig(), seed), seed, classes=("all", "paper"))
+        gym_val = videos[(videos.dataset == "finegym") & (videos.split == "val")]
+        assert len(gym_val) > 1000 and videos.split[videos.dataset == "finediving"].eq("val").sum() > 100
 
 
 def _papermill(root, nb, run_dir, **params):
@@ -148,8 +204,8 @@ def _papermill(root, nb, run_dir, **params):
 def test_stage_chain_on_real_finediving(root, shared_data, tmp_path):
     clips = load_finediving(shared_data / "finediving")
     clips.to_parquet(tmp_path / "labels.parquet", index=False)
-    params = {"seed": 0, "pairing": to_dict(PairingConfig()), "modify": to_dict(ModifyConfig()),
-              "triplets": to_dict(TripletsConfig(train_max_per_pair=10))}
+    params = {"seed": 0, "classes": "all", "data": yaml.safe_load((root / "params.yaml").read_text())["data"],
+              "pairing": to_dict(PairingConfig()), "modify": to_dict(ModifyConfig()), "triplets": to_dict(TripletsConfig(train_max_per_pair=10))}
     params["modify"]["llm"]["cache_path"] = str(tmp_path / "modify_cache.jsonl")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     p, f = tmp_path / "params.yaml", tmp_path / "figures"

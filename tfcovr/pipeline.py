@@ -11,7 +11,7 @@ from typing import Any
 from .core import ParamsError, load_params
 from .eval.embed import EmbedConfig
 from .eval.evaluate import EvaluateConfig, table_rows
-from .data.labels import DataConfig
+from .data.labels import ClassList, DataConfig, check_classes
 from .data.modify import ModifyConfig
 from .data.pairing import PairingConfig
 from .eval.report import ReportConfig
@@ -27,11 +27,12 @@ __all__ = ['SCHEMA', 'check_params']
 SCHEMA: dict[str, Any] = {
     "seed": int,                          # the one seed every random choice derives from
     "threads": int,                       # intra-op CPU threads of training and embedding; fixed, so results do not depend on the machine's core count
-    "data": DataConfig,                   # the data source
+    "data": DataConfig,                   # the data source, and how the labels stage fixes every clip's split
+    "classes": ClassList,                 # the action classes: all (the labels table's) or paper (the published model's 306)
     "synth": SynthConfig,                 # SynthGym's size and look
     "pairing": PairingConfig,             # label pairs by text similarity
     "modify": ModifyConfig,               # modification texts
-    "triplets": TripletsConfig,           # triplets and splits
+    "triplets": TripletsConfig,           # triplets within the labels stage's splits
     "stage1": dict[str, Stage1Config],    # Stage-1 encoders to train, by name
     "embed": EmbedConfig,                 # embedding caches, by encoder name
     "stage2": dict[str, Stage2Run],       # Stage-2 models to train, by name
@@ -48,6 +49,8 @@ def check_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     data = ps["data"]
     if data.source == "synth" and Path(data.root) != Path("data/synth"):
         fail("data.root", f"the synth source is rendered into data/synth, got {str(data.root)!r}")
+    try: check_classes(ps["classes"], data.source)
+    except ValueError as e: raise ParamsError(f"{path}: {e}") from None
     encoders = list(ps["embed"].encoders)
     for name, run in ps["stage2"].items():
         if run.embeddings not in encoders:

@@ -19,14 +19,16 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ..core import load_params
+from ..core import check_columns, load_params, rng
 
 # %% auto #0
-__all__ = ['GYM_COLUMNS', 'DIVING_COLUMNS', 'CORE_COLUMNS', 'FINEDIVING_ANNOTATION', 'FINEDIVING_TABLE', 'SPLITS', 'SOURCES',
-           'PAPER_CLASSES', 'UnsafePickleError', 'safe_load_pickle', 'read_finegym_categories', 'read_finegym_sets',
-           'load_finegym', 'DiveNumber', 'parse_dive_number', 'describe_sub_actions', 'dive_label_texts',
-           'diving_event', 'load_finediving', 'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels',
-           'DataConfig', 'params_roots', 'label_table', 'read_label_ids', 'paper_label_ids']
+__all__ = ['GYM_COLUMNS', 'DIVING_COLUMNS', 'CORE_COLUMNS', 'FINEDIVING_ANNOTATION', 'FINEDIVING_TABLE', 'SPLITS',
+           'SPLIT_COLUMNS', 'SOURCES', 'PAPER_CLASSES', 'CLASS_LISTS', 'ClassList', 'UnsafePickleError',
+           'safe_load_pickle', 'read_finegym_categories', 'read_finegym_sets', 'load_finegym', 'DiveNumber',
+           'parse_dive_number', 'describe_sub_actions', 'dive_label_texts', 'diving_event', 'load_finediving',
+           'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels', 'SplitsConfig', 'assign_splits',
+           'straddling_sources', 'DataConfig', 'params_roots', 'label_table', 'read_label_ids', 'paper_label_ids',
+           'check_classes', 'action_classes']
 
 # %% ../../nbs/13_data.labels.ipynb #6e2bc96f
 class UnsafePickleError(pickle.UnpicklingError):
@@ -416,17 +418,83 @@ def load_labels(cfg: LabelsConfig,  # which datasets and files
     if (dup := df.video_id[df.video_id.duplicated()]).size: raise ValueError(f"video id {dup.iloc[0]!r} occurs in two datasets")
     return df
 
+# %% ../../nbs/13_data.labels.ipynb #6193a15e
+SPLIT_COLUMNS = ("dataset", "video_id", "source_video", "split")  # clip table columns `assign_splits` reads
+
+
+@dataclasses.dataclass
+class SplitsConfig:
+    "How the labels stage fixes the final split of every clip (the `data.splits` section of params.yaml)."
+    exclusive_sources: bool = True   # a source video in several of its dataset's splits goes wholly to one (drawn by its clips in each)
+    val_from_train: float = 0.2      # a dataset without val clips: this fraction of its train source videos becomes val (0: none)
+    test_from_val: float = 0.5       # a dataset without test clips: this fraction of its val source videos becomes test (0: none)
+
+    def __post_init__(self):
+        for k in ("val_from_train", "test_from_val"):
+            if not 0.0 <= getattr(self, k) < 1.0: raise ValueError(f"{k} must be in [0, 1), got {getattr(self, k)}")
+
+
+def _carve(split: pd.Series, src: pd.Series, within: pd.Series, frm: str, to: str, fraction: float, g: np.random.Generator) -> None:
+    "Move a drawn `fraction` of the `frm` source videos among `within` to `to`, in place; one source video always stays."
+    m = within & (split == frm)
+    srcs = np.array(sorted(src[m].unique()))
+    if len(srcs) < 2: return
+    n = min(len(srcs) - 1, max(1, int(round(fraction * len(srcs)))))
+    split[m & src.isin(set(g.choice(srcs, size=n, replace=False).tolist()))] = to
+
+
+def assign_splits(clips: pd.DataFrame,  # clip table (`load_labels`); its `original_split`, if any, is where the draws start
+                  cfg: SplitsConfig,    # the rules
+                  seed: int,            # the project seed
+                  ) -> pd.DataFrame:    # a copy: `split` final, `original_split` (the dataset's own) after it
+    "The final split of every clip: whole source videos moved so that no source video is in two splits and every dataset has all three."
+    check_columns(clips, SPLIT_COLUMNS, "clip table")
+    out = clips.copy()
+    orig = (out["original_split"] if "original_split" in out.columns else out["split"]).astype(str)
+    if (bad := ~orig.isin(SPLITS)).any():
+        raise ValueError(f"clip {out.loc[bad, 'video_id'].iloc[0]!r}: unknown split {orig[bad].iloc[0]!r} (known: {', '.join(SPLITS)})")
+    split, src, dss = orig.copy(), out["source_video"].astype(str), out["dataset"].astype(str)
+    for ds in sorted(dss.unique()):
+        d = dss == ds
+        if cfg.exclusive_sources:
+            counts = pd.crosstab(src[d], orig[d])                          # source video x the dataset's splits
+            shared = counts[(counts > 0).sum(axis=1) > 1]
+            for s, row in shared.iterrows():
+                names = [n for n in SPLITS if n in row.index and row[n] > 0]
+                p = np.array([row[n] for n in names], dtype=float)
+                split[d & (src == s)] = names[int(rng(seed, "splits", "source", ds, s).choice(len(names), p=p / p.sum()))]
+            for n in counts.columns:                                       # a split the draws emptied: its largest shared source
+                if len(shared) and not (split[d] == n).any() and shared[n].max() > 0: split[d & (src == shared[n].idxmax())] = n
+        if cfg.val_from_train > 0 and not (orig[d] == "val").any():
+            _carve(split, src, d, "train", "val", cfg.val_from_train, rng(seed, "splits", "val_from_train", ds))
+        if cfg.test_from_val > 0 and not (orig[d] == "test").any():
+            _carve(split, src, d, "val", "test", cfg.test_from_val, rng(seed, "splits", "test_from_val", ds))
+    cols = [c for c in out.columns if c != "original_split"]
+    out = out.assign(split=split, original_split=orig)
+    at = cols.index("split") + 1
+    return out[cols[:at] + ["original_split"] + cols[at:]]
+
+
+def straddling_sources(clips: pd.DataFrame,  # a clip table
+                       ) -> pd.DataFrame:    # dataset, source_video, splits ('train,val'), clips; one row per such source video
+    "The source videos whose clips lie in more than one split."
+    check_columns(clips, ("dataset", "source_video", "split"), "clip table")
+    g = clips.groupby(["dataset", "source_video"], sort=True)
+    out = pd.DataFrame({"splits": g["split"].agg(lambda s: ",".join(n for n in SPLITS if n in set(s))), "clips": g.size()})
+    return out[out["splits"].str.contains(",")].reset_index()
+
 # %% ../../nbs/13_data.labels.ipynb #50c5157d
 SOURCES = ("synth", "real")
 
 
 @dataclasses.dataclass
 class DataConfig:
-    "Which benchmark the pipeline builds, and where each source keeps its annotations and clips."
+    "Which benchmark the pipeline builds, where each source keeps its annotations and clips, and how clips are split."
     source: Literal["synth", "real"]                 # synth: render SynthGym; real: FineGym + FineDiving in data/raw
     root: Path                                       # the selected source's folder (dvc.yaml tracks it): data/synth or data/raw
     labels: dict[str, LabelsConfig]                  # per source: where the label stage reads annotations
     videos: dict[str, dict[str, Path]]               # per source: dataset -> folder of its clips (mp4 files or frame folders)
+    splits: SplitsConfig                             # how the labels stage fixes every clip's final split (both sources)
 
     def __post_init__(self):
         for what in ("labels", "videos"):
@@ -491,3 +559,35 @@ def read_label_ids(path: str | Path,  # a class list: `index<TAB>dataset<TAB>lab
 def paper_label_ids() -> list[str]:  # 306 label ids: 259 'finegym/<Clabel>' then 47 'finediving/<dive number>'
     "The classes of the published TF-CoVR Stage-1 model as label ids, in its `label2index` order."
     with as_file(files("tfcovr.data") / PAPER_CLASSES) as p: return read_label_ids(p)
+
+# %% ../../nbs/13_data.labels.ipynb #266682ec
+CLASS_LISTS = ("all", "paper")
+ClassList = Literal["all", "paper"]  # the type of params.yaml's `classes`
+
+
+def check_classes(classes: str,  # params.yaml `classes`
+                  source: str,   # params.yaml `data.source`
+                  ) -> None:
+    "Raise a one-line `ValueError` when the class list is unknown or does not fit the data source."
+    if classes not in CLASS_LISTS: raise ValueError(f"classes: expected one of {', '.join(CLASS_LISTS)}, got {classes!r}")
+    if classes == "paper" and source != "real":
+        raise ValueError(f"classes: 'paper' lists the published model's FineGym and FineDiving classes, and data.source {source!r} "
+                         "has labels of its own (SynthGym's): use classes: all, or data.source: real")
+
+
+def action_classes(labels_df: pd.DataFrame,       # a labels table (`label_id` column)
+                   classes: ClassList = "all",    # all: the table's labels; paper: the published model's 306
+                   ) -> list[str]:                # label ids; class k is the k-th
+    "The action classes of a build in class-index order: the table's label ids, sorted (`all`), or `paper_label_ids()` (`paper`)."
+    if classes not in CLASS_LISTS: raise ValueError(f"classes: expected one of {', '.join(CLASS_LISTS)}, got {classes!r}")
+    if "label_id" not in labels_df.columns: raise ValueError(f"labels table has no label_id column (columns: {', '.join(labels_df.columns)})")
+    ids = labels_df["label_id"]
+    if ids.isna().any():
+        raise ValueError(f"{int(ids.isna().sum())} rows without label_id, e.g. video {labels_df['video_id'][ids.isna()].iloc[0]!r}")
+    have = set(ids.astype(str))
+    if classes == "all": return sorted(have)
+    out = paper_label_ids()
+    if not have & set(out):
+        raise ValueError(f"classes 'paper': none of the published model's {len(out)} classes is a label of the table "
+                         f"(e.g. {sorted(have)[:3]}): is it FineGym + FineDiving?")
+    return out

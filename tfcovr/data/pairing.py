@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,9 +22,9 @@ from .labels import label_table
 from .textenc import embed_texts
 
 # %% auto #0
-__all__ = ['LABEL_COLUMNS', 'ATTRIBUTE_FIELDS', 'CANDIDATE_COLUMNS', 'PAIR_COLUMNS', 'PairingConfig', 'pairing_labels',
-           'label_attributes', 'embed_labels', 'eligible_labels', 'candidate_pairs', 'select_pairs', 'PairingResult',
-           'build_pairs', 'pairing_summary', 'plot_similarity', 'plot_pairs_per_label']
+__all__ = ['LABEL_COLUMNS', 'ATTRIBUTE_FIELDS', 'CANDIDATE_COLUMNS', 'PAIR_COLUMNS', 'LEFT_OUT_COLUMNS', 'PairingConfig',
+           'pairing_labels', 'label_attributes', 'embed_labels', 'eligible_labels', 'candidate_pairs', 'select_pairs',
+           'PairingResult', 'build_pairs', 'pairing_summary', 'plot_similarity', 'plot_pairs_per_label']
 
 # %% ../../nbs/16_data.pairing.ipynb #395f2215
 @dataclasses.dataclass
@@ -33,7 +34,7 @@ class PairingConfig:
     batch_size: int = 64                         # labels per forward pass of the encoder
     device: str = "cpu"                          # device of the encoder: auto, cpu, cuda, cuda:N or mps
     band: tuple[float, float] = (0.75, 1.0)      # [low, high] cosine similarity of a kept pair (inclusive)
-    same_event: bool = True                      # pair only labels of the same event (FineGym VT/FX/BB/UB)
+    same_event: bool = False                     # true: pair only labels of the same event (FineGym VT/FX/BB/UB); never across disciplines
     max_attr_diff: int | None = 2                # most parsed attributes a pair may differ in (None: no limit)
     max_pairs_per_label: int | None = 10         # keep this many most similar targets per query label (None: all)
     min_videos_per_label: int = 1                # labels with fewer clips take no part
@@ -174,23 +175,43 @@ class PairingResult(NamedTuple):
     embeddings: np.ndarray    # [N, D] label embeddings, rows aligned with `labels`
     candidates: pd.DataFrame  # `candidate_pairs` output
     pairs: pd.DataFrame       # `select_pairs` output
+    left_out: pd.DataFrame    # labels outside the class list: label_id, dataset, label, n_clips (empty without one)
 
 
-def build_pairs(labels_df: pd.DataFrame,         # clip table (`tfcovr.data.labels`)
-                cfg: PairingConfig,              # pairing rules
-                emb: np.ndarray | None = None,   # [N, D] precomputed embeddings aligned with `pairing_labels` (None: encode)
+LEFT_OUT_COLUMNS = ["label_id", "dataset", "label", "n_clips"]
+
+
+def _check_disciplines(pairs: pd.DataFrame, labels: pd.DataFrame) -> None:
+    "Raise naming the first pair whose query and target labels belong to different disciplines."
+    disc = labels.set_index("label_id")["discipline"]
+    q, t = pairs["query_label_id"].map(disc), pairs["target_label_id"].map(disc)
+    if (bad := q != t).any():
+        r = pairs[bad].iloc[0]
+        raise ValueError(f"pair {r.query_label_id!r} -> {r.target_label_id!r} crosses disciplines ({q[bad].iloc[0]} -> {t[bad].iloc[0]})")
+
+
+def build_pairs(labels_df: pd.DataFrame,            # clip table (`tfcovr.data.labels`)
+                cfg: PairingConfig,                 # pairing rules
+                emb: np.ndarray | None = None,      # [N, D] precomputed embeddings aligned with `pairing_labels` of the kept clips (None: encode)
+                classes: Sequence[str] | None = None,  # the class list (`tfcovr.data.labels.action_classes`); None: every label
                ) -> PairingResult:
-    "Label table, embeddings, candidate pairs and selected pairs of a clip table."
-    labels = pairing_labels(labels_df)
+    "Label table, embeddings, candidate pairs and selected pairs of a clip table, within the class list."
+    check_columns(labels_df, LABEL_COLUMNS, "labels table")
+    keep = labels_df["label_id"].astype(str).isin(set(map(str, classes))) if classes is not None else pd.Series(True, index=labels_df.index)
+    if not keep.any(): raise ValueError(f"no label of the labels table is in the class list (e.g. {sorted(labels_df['label_id'].astype(str).unique())[:3]})")
+    left = label_table(labels_df[~keep])[LEFT_OUT_COLUMNS] if (~keep).any() else pd.DataFrame({c: [] for c in LEFT_OUT_COLUMNS})
+    labels = pairing_labels(labels_df[keep])
     emb = embed_labels(labels, cfg) if emb is None else np.asarray(emb, np.float32)
     cands = candidate_pairs(labels, emb, cfg)
-    return PairingResult(labels, emb, cands, select_pairs(cands, cfg))
+    pairs = select_pairs(cands, cfg)
+    _check_disciplines(pairs, labels)
+    return PairingResult(labels, emb, cands, pairs, left.sort_values(["dataset", "label_id"], key=_natural_key).reset_index(drop=True))
 
 
 def pairing_summary(res: PairingResult,  # output of `build_pairs`
                     cfg: PairingConfig,  # the rules used
                    ) -> dict:
-    "Counts per discipline: labels, eligible labels, candidates, in band, pairs, labels used."
+    "Counts per discipline (labels, eligible labels, candidates, in band, pairs, pairs across events, labels used) and the labels left out."
     out = {"encoder": cfg.encoder, "band": list(cfg.band), "disciplines": {}}
     keep = eligible_labels(res.labels, cfg)
     low, high = cfg.band
@@ -202,11 +223,14 @@ def pairing_summary(res: PairingResult,  # output of `build_pairs`
         out["disciplines"][disc] = {
             "labels": int(len(lab)), "eligible_labels": int(keep[lab.index].sum()), "candidates": int(len(c)),
             "in_band": int(c["similarity"].between(low, high).sum()), "pairs": int(len(p)),
+            "cross_event_pairs": int(p["event"].astype(str).str.contains("->").sum()),
             "labels_used": int(len(used)), "query_labels": int(p["query_label_id"].nunique()),
             "pairs_per_query_label": float(len(p) / max(1, p["query_label_id"].nunique())),
             "mean_similarity": float(p["similarity"].mean()) if len(p) else None}
     out["pairs"] = int(len(res.pairs))
     out["labels_used"] = int(sum(d["labels_used"] for d in out["disciplines"].values()))
+    left = res.left_out
+    out["left_out"] = {"labels": int(len(left)), "datasets": {str(k): int(v) for k, v in left.groupby("dataset").size().items()}}
     return out
 
 # %% ../../nbs/16_data.pairing.ipynb #c02cab35

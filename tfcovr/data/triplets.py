@@ -24,9 +24,9 @@ from ..core import atomic_dir, atomic_write, check_columns, rng, save_figure
 
 # %% auto #0
 __all__ = ['SPLITS', 'EVAL_SPLITS', 'PAPER', 'CLIP_COLUMNS', 'VIDEO_COLUMNS', 'EVAL_COLUMNS', 'TRAIN_COLUMNS', 'MOD_COLUMNS',
-           'TFCOVR_TRAIN', 'TFCOVR_EVAL', 'TFCOVR_SCHEMAS', 'LIST_STYLES', 'TripletsConfig', 'carve_test_split',
-           'video_table', 'gallery_videos', 'unique_videos', 'TripletsResult', 'build_triplets', 'write_triplets',
-           'read_triplets', 'load_triplets', 'format_id_list', 'parse_id_list', 'write_tfcovr_csv', 'export_tfcovr_csv',
+           'TFCOVR_TRAIN', 'TFCOVR_EVAL', 'TFCOVR_SCHEMAS', 'LIST_STYLES', 'TripletsConfig', 'video_table',
+           'gallery_videos', 'unique_videos', 'TripletsResult', 'build_triplets', 'write_triplets', 'read_triplets',
+           'load_triplets', 'format_id_list', 'parse_id_list', 'write_tfcovr_csv', 'export_tfcovr_csv',
            'export_tfcovr_csvs', 'read_tfcovr_csv', 'triplet_stats', 'plot_triplet_stats']
 
 # %% ../../nbs/18_data.triplets.ipynb #997801f5
@@ -40,13 +40,11 @@ PAPER = {"labels_used": {"finegym": 259, "finediving": 47, "total": 306}, "tripl
 class TripletsConfig:
     "How triplets are drawn from label pairs and clips (the `triplets:` section of params.yaml)."
     distinct_source: bool = True                   # ground truths never come from the query's own source video
-    test_from_val: float = 0.5                     # a dataset without test clips: this fraction of its val source videos becomes test (0: off)
     train_max_per_pair: int | None = 100           # most (query, target) rows per label pair in train (None: all)
     eval_max_queries_per_pair: int | None = None   # most query videos per label pair in val/test (None: all)
     min_targets: int = 1                           # a query needs this many ground truths, else it is dropped and counted
 
     def __post_init__(self):
-        if not 0.0 <= self.test_from_val < 1.0: raise ValueError(f"test_from_val must be in [0, 1), got {self.test_from_val}")
         for k in ("train_max_per_pair", "eval_max_queries_per_pair"):
             v = getattr(self, k)
             if v is not None and v < 1: raise ValueError(f"{k} must be >= 1 or None, got {v}")
@@ -57,31 +55,9 @@ CLIP_COLUMNS = ("dataset", "video_id", "source_video", "label_id", "label", "eve
 VIDEO_COLUMNS = ["video_id", "video_key", "dataset", "source_video", "label_id", "label", "event", "split", "original_split"]
 
 
-def carve_test_split(clips: pd.DataFrame,  # clip table with `dataset`, `source_video`, `split`
-                     fraction: float,      # share of a dataset's val source videos moved to test
-                     seed: int,            # project seed
-                    ) -> pd.DataFrame:     # copy with `split` updated and `original_split` added
-    "Move a seeded `fraction` of the val source videos of every dataset that has no test clips to test."
-    out = clips.copy()
-    out["original_split"] = out["split"]
-    if fraction <= 0: return out
-    for ds in sorted(out["dataset"].unique()):
-        d = out["dataset"] == ds
-        if (out.loc[d, "split"] == "test").any(): continue
-        val = d & (out["split"] == "val")
-        srcs = np.array(sorted(out.loc[val, "source_video"].astype(str).unique()))
-        if len(srcs) < 2: continue
-        n = min(len(srcs) - 1, max(1, int(round(fraction * len(srcs)))))
-        chosen = set(rng(seed, "carve_test", ds).choice(srcs, size=n, replace=False).tolist())
-        out.loc[val & out["source_video"].astype(str).isin(chosen), "split"] = "test"
-    return out
-
-
-def video_table(clips: pd.DataFrame,  # clip table (`tfcovr.data.labels`)
-                cfg: TripletsConfig,  # test_from_val
-                seed: int,            # project seed
+def video_table(clips: pd.DataFrame,  # clip table of the labels stage (`split` final, `original_split` the dataset's own)
                ) -> pd.DataFrame:     # VIDEO_COLUMNS, one row per unique video
-    "Every clip once, with its final split (the split galleries)."
+    "Every clip once, with its split as the labels stage fixed it (the split galleries)."
     check_columns(clips, CLIP_COLUMNS, "labels table")
     dup = clips["video_id"].duplicated(keep=False)
     if dup.any():
@@ -89,7 +65,8 @@ def video_table(clips: pd.DataFrame,  # clip table (`tfcovr.data.labels`)
         raise ValueError(f"video {vid!r} appears {int((clips['video_id'] == vid).sum())} times in the labels table")
     bad = ~clips["split"].isin(SPLITS)
     if bad.any(): raise ValueError(f"video {clips.loc[bad, 'video_id'].iloc[0]!r}: unknown split {clips.loc[bad, 'split'].iloc[0]!r}")
-    v = carve_test_split(clips, cfg.test_from_val, seed)
+    v = clips.copy()
+    if "original_split" not in v: v["original_split"] = v["split"]
     if "video_key" not in v: v["video_key"] = v["video_id"]
     v = v[VIDEO_COLUMNS].astype({"video_id": str, "source_video": str, "label_id": str})
     return v.sort_values(["split", "dataset", "video_id"]).reset_index(drop=True)
@@ -173,7 +150,7 @@ def build_triplets(clips: pd.DataFrame,   # clip table (`tfcovr.data.labels`)
     if mods.duplicated(["query_label_id", "target_label_id"]).any():
         r = mods[mods.duplicated(["query_label_id", "target_label_id"])].iloc[0]
         raise ValueError(f"modifications table has several rows for pair {r.query_label_id!r} -> {r.target_label_id!r}")
-    videos = video_table(clips, cfg, seed)
+    videos = video_table(clips)
     p = pairs[["query_label_id", "target_label_id", "query_label", "target_label"]].astype(str).drop_duplicates(["query_label_id", "target_label_id"])
     m = mods[list(MOD_COLUMNS)].astype({"query_label_id": str, "target_label_id": str})
     p = p.merge(m, on=["query_label_id", "target_label_id"], how="left", validate="one_to_one")

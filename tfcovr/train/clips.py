@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..models.aim import AIMVariant, aim_cfg, preprocess
 from ..core import rng
+from ..data.labels import action_classes
 from ..data.video import (SHORT, VideoError, VideoRoots, handle_short, load_clip, resize_clip, resolve_paths, resolve_video, segment_indices,
                           video_length, write_mp4)
 
@@ -28,12 +29,8 @@ __all__ = ['class_index', 'crop_box', 'augment_clip', 'ClipDataset']
 # %% ../../nbs/41_train.clips.ipynb #150631b5
 def class_index(labels: pd.DataFrame,  # a labels table (`label_id` column)
                 ) -> list[str]:        # sorted distinct label ids; class k is the k-th
-    "The action classes of a labels table: its distinct `label_id`s, sorted."
-    if "label_id" not in labels.columns: raise ValueError(f"labels table has no label_id column (columns: {', '.join(labels.columns)})")
-    ids = labels["label_id"]
-    if ids.isna().any():
-        raise ValueError(f"{int(ids.isna().sum())} rows without label_id, e.g. video {labels['video_id'][ids.isna()].iloc[0]!r}")
-    return sorted(ids.astype(str).unique().tolist())
+    "The action classes of a labels table: its distinct `label_id`s, sorted (`action_classes(labels, 'all')`)."
+    return action_classes(labels, "all")
 
 # %% ../../nbs/41_train.clips.ipynb #a458caf0
 def crop_box(h: int, w: int,                              # frame height and width

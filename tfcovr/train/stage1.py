@@ -13,8 +13,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 import torch
@@ -26,15 +27,16 @@ from tqdm.auto import tqdm
 
 from ..core import (DistInfo, atomic_dir, atomic_path, atomic_write, autocast, barrier, check_device, derive_seed, distributed,
                          get_device, load_params, resolve_amp, seed_everything, stable_hash, to_dict, write_json)
+from ..data.labels import ClassList, DataConfig, action_classes, check_classes
 from ..data.video import VideoRoots, add_data_args, args_roots, video_fingerprint
 from ..models.aim import AIMConfig, aim_cfg, load_stage1, save_weights, weights_sha256
 from ..models.io import ModelFileError, load_weights, read_torch_state
-from .clips import ClipDataset, class_index
+from .clips import ClipDataset
 from .common import all_sum, check_resume, lr_factor, param_groups, plot_history
 
 # %% auto #0
-__all__ = ['MAX_EPOCHS', 'MAX_BATCH', 'MAX_WORKERS', 'CURVES', 'Stage1Config', 'validate', 'Stage1Result', 'train_stage1',
-           'predict_stage1', 'load_stage1_params', 'stage1_main']
+__all__ = ['MAX_EPOCHS', 'MAX_BATCH', 'MAX_WORKERS', 'CURVES', 'Stage1Config', 'validate', 'Stage1Clips', 'stage1_clips',
+           'Stage1Result', 'train_stage1', 'predict_stage1', 'load_stage1_params', 'stage1_main']
 
 # %% ../../nbs/42_train.stage1.ipynb #fcd3f574
 MAX_EPOCHS, MAX_BATCH, MAX_WORKERS = 100_000, 65_536, 256  # beyond these a config value is a typo, not a plan
@@ -55,8 +57,8 @@ class Stage1Config:
     crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range
     hflip: bool = True                     # random horizontal flip of whole clips
     randaugment: tuple[int, int] | None = None    # RandAugment (num_ops, magnitude) per clip, e.g. [2, 5]; null: off
-    train_split: str = "train"             # split the classifier trains on
-    val_split: str = "val"                 # split that selects the best epoch
+    train_split: str = "train"             # split the classifier trains on: train, always
+    val_split: str = "val"                 # split that selects the best epoch: val, always (test is the retrieval test set)
     num_workers: int = 0                   # data-loader processes per training process
     cache_clips: bool = False              # decode each video once and keep it in memory (small benchmarks; needs num_workers 0)
     device: str = "auto"     # auto (CUDA when present), cpu, cuda, cuda:N or mps
@@ -78,7 +80,9 @@ class Stage1Config:
             self.randaugment = tuple(self.randaugment)
             if len(self.randaugment) != 2 or self.randaugment[0] < 1 or not 0 <= self.randaugment[1] <= 30:
                 raise ValueError(f"randaugment must be [num_ops >= 1, magnitude 0-30] or null, got {list(self.randaugment)}")
-        if self.train_split == self.val_split: raise ValueError(f"train_split and val_split are both {self.train_split!r}")
+        if self.train_split != "train": raise ValueError(f"train_split must be 'train', got {self.train_split!r}: Stage 1 trains on the train clips only")
+        if self.val_split != "val": raise ValueError(
+            f"val_split must be 'val', got {self.val_split!r}: Stage 1 selects its checkpoint on the val clips only (test is the retrieval test set)")
         if not 0 <= self.num_workers <= MAX_WORKERS: raise ValueError(f"num_workers must be in 0..{MAX_WORKERS}, got {self.num_workers}")
         if self.cache_clips and self.num_workers: raise ValueError(
             f"cache_clips needs num_workers 0 (got {self.num_workers}): worker processes end with their epoch and take the cache with them")
@@ -127,16 +131,46 @@ def validate(model: torch.nn.Module,     # the classifier
     if count == 0: raise ValueError("validate: no validation clips")
     return {"val_loss": loss_sum / count, "val_acc": hits / count}
 
+# %% ../../nbs/42_train.stage1.ipynb #363450e4
+class Stage1Clips(NamedTuple):
+    "The clips Stage 1 trains and selects on, and what its class list leaves out."
+    classes: list[str]         # the class list; class k is the k-th
+    train: pd.DataFrame        # the train clips of a class
+    val: pd.DataFrame          # the val clips of a class
+    left_out: int              # train and val clips whose label is no class
+    no_train_clips: list[str]  # classes without a training clip (they keep their rows of the head)
+
+
+def stage1_clips(labels: pd.DataFrame,                   # the labels table (final splits)
+                 classes: Sequence[str] | None = None,   # the class list (`tfcovr.data.labels.action_classes`); None: the table's labels
+                 train_split: str = "train",             # the split trained on
+                 val_split: str = "val",                 # the split that selects the best epoch
+                 ) -> Stage1Clips:
+    "The train and val clips of the classes of `classes`; other splits (test) are never read."
+    classes = list(map(str, classes)) if classes is not None else action_classes(labels, "all")
+    if len(set(classes)) != len(classes): raise ValueError(f"class {next(c for c in classes if classes.count(c) > 1)!r} listed twice")
+    if "split" not in labels.columns: raise ValueError(f"labels table has no split column (columns: {', '.join(labels.columns)})")
+    inside, out = labels["label_id"].astype(str).isin(set(classes)), {}
+    for s in (train_split, val_split):
+        in_split = labels["split"] == s
+        if not in_split.any(): raise ValueError(f"no clips in split {s!r} (splits: {', '.join(map(str, labels['split'].unique()))})")
+        if not (in_split & inside).any(): raise ValueError(f"none of the {int(in_split.sum())} clips of split {s!r} has a label of the class list")
+        out[s] = labels[in_split & inside]
+    left = int((labels["split"].isin([train_split, val_split]) & ~inside).sum())
+    have = set(out[train_split]["label_id"].astype(str))
+    return Stage1Clips(classes, out[train_split], out[val_split], left, [c for c in classes if c not in have])
+
 # %% ../../nbs/42_train.stage1.ipynb #db7d0d11
 CURVES = {"loss": ("train_loss", "val_loss"), "accuracy": ("train_acc", "val_acc")}  # the panels of curves.png
 
 
-def _write_reports(out: Path, history: list[dict], best: dict, run: dict) -> None:
+def _write_reports(out: Path, history: list[dict], best: dict, run: dict, data: Stage1Clips) -> None:
     df = pd.DataFrame(history)
     with atomic_path(out / "history.tsv") as tmp: df.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     write_json(out / "metrics.json", {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"],
                                       "last_val_acc": history[-1]["val_acc"], "epochs_done": len(history),
-                                      "num_classes": len(run["classes"])})
+                                      "num_classes": len(run["classes"]), "classes_without_train_clips": data.no_train_clips,
+                                      "clips_left_out": data.left_out})
     import matplotlib.pyplot as plt
     plt.close(plot_history(df, CURVES, out / "curves.png", title=f"{run['model']} ({run['num_frames']} frames)"))
 
@@ -152,6 +186,16 @@ class Stage1Result:
     complete: bool           # all `epochs` done
     weights_sha256: str      # digest of this process's final weights
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # wall time of each epoch this call ran (not saved: outputs stay byte-identical)
+    left_out: int = 0                      # train and val clips whose label is no class
+    no_train_clips: list[str] = dataclasses.field(default_factory=list)  # classes without a training clip
+
+
+def _left_note(data: Stage1Clips) -> str:
+    "What the class list leaves out, for the first log line ('' when nothing)."
+    n = len(data.no_train_clips)
+    parts = ([f"{n} class{'es' if n > 1 else ''} without a training clip"] if n else []) + \
+            ([f"{data.left_out} clips of no class left out"] if data.left_out else [])
+    return "; " + ", ".join(parts) if parts else ""
 
 
 _FILES = ("last", "best.safetensors", "best.json", "history.tsv", "metrics.json", "curves.png", "config.json")
@@ -188,14 +232,13 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
                  on_mismatch: Literal["raise", "restart"] = "raise",  # a checkpoint of another run: raise, or start over
                  progress: bool = True,             # tqdm bars (rank 0)
                  log_every: int = 1,                # print one line every this many epochs (rank 0); 0: none
+                 classes: Sequence[str] | None = None,  # the class list (`tfcovr.data.labels.action_classes`); None: the table's labels
                  ) -> Stage1Result:
     "Train AIM as an action classifier; checkpoints every epoch and resumes exactly."
     out = Path(out_dir)
     if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
-    classes = class_index(labels)
-    tr_df, va_df = (labels[labels["split"] == s] for s in (cfg.train_split, cfg.val_split))
-    for s, df in ((cfg.train_split, tr_df), (cfg.val_split, va_df)):
-        if df.empty: raise ValueError(f"no clips in split {s!r} (splits: {', '.join(map(str, labels['split'].unique()))})")
+    data = stage1_clips(labels, classes, cfg.train_split, cfg.val_split)
+    classes, tr_df, va_df = data.classes, data.train, data.val
     v = aim_cfg(cfg.model.name)
     ds_kw = dict(video_roots=video_roots, num_frames=cfg.model.num_frames, size=v.img_size, seed=seed, classes=classes, variant=v,
                  cache=cfg.cache_clips)
@@ -234,7 +277,8 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
         end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
         say = (lambda line: print(f"stage1 {out.name}: {line}", flush=True)) if log_every and d.main else (lambda line: None)
         say(f"epochs {start + 1}..{end} of {cfg.epochs}, {len(train_ds)} train and {len(val_ds)} val clips, "
-            f"{len(classes)} classes, {d.world} process(es) on {d.device.type}" if start < end else f"done ({start}/{cfg.epochs} epochs)")
+            f"{len(classes)} classes, {d.world} process(es) on {d.device.type}{_left_note(data)}" if start < end
+            else f"done ({start}/{cfg.epochs} epochs)")
         for epoch in tqdm(range(start, end), desc=f"stage1 {cfg.model.name}", initial=start, total=cfg.epochs,
                           disable=not (progress and d.main)):
             torch.manual_seed(derive_seed(seed, "stage1", "epoch", epoch, "rank", d.rank))  # dropout, drop-path
@@ -255,7 +299,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
                     with atomic_write(tmp / "trainer.pt", "wb") as f:
                         torch.save({"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                     "history": history, "best": best, "run": json.dumps(run)}, f)
-                _write_reports(out, history, best, run)
+                _write_reports(out, history, best, run, data)
             if (epoch + 1) % max(log_every, 1) == 0 or epoch + 1 == end:
                 say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.3f} train_acc {row['train_acc']:.3f} "
                     f"val_acc {row['val_acc']:.3f} ({times[-1]:.1f} s)")
@@ -266,7 +310,8 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
             shas = [None] * d.world
             dist.all_gather_object(shas, sha)
             if len(set(shas)) > 1: raise RuntimeError(f"ranks ended with different weights: {shas}")
-    return Stage1Result(out, classes, history, best["epoch"], best["val_acc"], len(history) >= cfg.epochs, sha, times)
+    return Stage1Result(out, classes, history, best["epoch"], best["val_acc"], len(history) >= cfg.epochs, sha, times,
+                        data.left_out, data.no_train_clips)
 
 # %% ../../nbs/42_train.stage1.ipynb #6ef71e75
 @torch.no_grad()
@@ -277,10 +322,10 @@ def predict_stage1(run_dir: str | Path,                  # a Stage-1 run folder
                    batch_size: int = 16,                 # clips per forward pass
                    device: str = "auto",                 # 'auto', 'cpu' or 'cuda'
                    ) -> pd.DataFrame:                    # video_id, label_id, pred, correct
-    "The best checkpoint's class prediction for every clip of `split`."
+    "The best checkpoint's class prediction for every clip of `split` whose label is one of its classes."
     dev = get_device(device)
     model, meta = load_stage1(run_dir, device=dev)
-    rows = labels[labels["split"] == split]
+    rows = labels[(labels["split"] == split) & labels["label_id"].astype(str).isin(set(meta["classes"]))]
     ds = ClipDataset(rows, video_roots, meta["num_frames"], meta["size"], train=False, seed=0, classes=meta["classes"], variant=model.variant)
     amp, preds = resolve_amp("auto", dev), []
     for x, _ in DataLoader(ds, batch_size=batch_size):
@@ -292,11 +337,13 @@ def predict_stage1(run_dir: str | Path,                  # a Stage-1 run folder
 # %% ../../nbs/42_train.stage1.ipynb #c817d75b
 def load_stage1_params(params_file: str | Path,  # params.yaml
                        variant: str,             # a key of its `stage1` section
-                       ) -> tuple[Stage1Config, int]:  # the variant's config, the project seed
-    "The `stage1` entry `variant` of a params file, and the top-level seed."
-    p = load_params(params_file, {"seed": int, "stage1": dict[str, Stage1Config]}, strict=False)
+                       ) -> tuple[Stage1Config, int, str]:  # the variant's config, the project seed, the class list's name
+    "The `stage1` entry `variant` of a params file, the top-level seed and `classes` (checked against `data.source`)."
+    p = load_params(params_file, {"seed": int, "classes": ClassList, "data": DataConfig, "stage1": dict[str, Stage1Config]}, strict=False)
     if variant not in p["stage1"]: raise ValueError(f"{params_file}: stage1.{variant}: no such variant (known: {', '.join(p['stage1'])})")
-    return p["stage1"][variant], p["seed"]
+    try: check_classes(p["classes"], p["data"].source)
+    except ValueError as e: raise ValueError(f"{params_file}: {e}") from None
+    return p["stage1"][variant], p["seed"], p["classes"]
 
 
 def stage1_main(argv: list[str] | None = None) -> int:
@@ -308,9 +355,10 @@ def stage1_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     ap.add_argument("--stop-after", type=int, default=None, help="end after this many epochs of this call")
     a = ap.parse_args(argv)
-    cfg, seed = load_stage1_params(a.params, a.variant)       # input errors reach `tfcovr.cli.main`: one line, exit 2
-    res = train_stage1(cfg, pd.read_parquet(a.labels), args_roots(a), a.out or Path("models/stage1") / a.variant,
-                       seed, resume=not a.fresh, stop_after=a.stop_after)
+    cfg, seed, classes = load_stage1_params(a.params, a.variant)   # input errors reach `tfcovr.cli.main`: one line, exit 2
+    labels = pd.read_parquet(a.labels)
+    res = train_stage1(cfg, labels, args_roots(a), a.out or Path("models/stage1") / a.variant,
+                       seed, resume=not a.fresh, stop_after=a.stop_after, classes=action_classes(labels, classes))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{res.out_dir}: {len(res.history)} epochs, best val acc {res.best_val_acc:.4f} (epoch {res.best_epoch})")
     return 0
