@@ -48,25 +48,25 @@ def test_merge_keys_may_still_be_overridden(root, tmp_path, capsys):
 
 def test_report_model_must_be_a_table_row(root, tmp_path, capsys):
     p = edited(root, tmp_path, "  model: TF-CoVR-Base\n  n_queries", "  model: TF-CoVR-Large\n  n_queries")
-    assert "report.model: 'TF-CoVR-Large' is not a row of evaluate.rows (rows: TF-CoVR-Base, stage2-only," in params_error(p, capsys)
+    assert "report.model: 'TF-CoVR-Large' is not a row of evaluate.rows (rows: TF-CoVR-Base, 1-frame, Stage-2-only, text-only, video-only, avg-fusion)" in params_error(p, capsys)
 
 
 def test_row_that_is_no_run_and_names_no_embeddings(root, tmp_path, capsys):
-    p = edited(root, tmp_path, "    - text-only\n", "    - text-only\n    - TF-CoVR-Large\n")
+    p = edited(root, tmp_path, "    - text-only ", "    - TF-CoVR-Large\n    - text-only ")
     assert ("evaluate.rows.TF-CoVR-Large: 'TF-CoVR-Large' is no run of the stage2 section (runs: TF-CoVR-Base, 1-frame, "
-            "stage2-only, avg-fusion, text-only) and names no embeddings") in params_error(p, capsys)
+            "Stage-2-only, avg-fusion, text-only) and names no embeddings") in params_error(p, capsys)
 
 
 def test_trained_row_reads_its_runs_embeddings(root, tmp_path, capsys):
     "A trained row's embeddings are stage2.<row>.embeddings: naming them again in the table is an error, not a second truth."
-    p = edited(root, tmp_path, "    - 1-frame\n", "    - 1-frame: {embeddings: aim}\n")
+    p = edited(root, tmp_path, "    - 1-frame ", "    - 1-frame: {embeddings: aim} ")
     assert "evaluate.rows.1-frame: a Stage-2 run's row reads the run's embeddings (stage2.1-frame.embeddings: aim1f)" \
         in params_error(p, capsys)
 
 
 def test_untrained_row_embeddings_must_be_an_encoder(root, tmp_path, capsys):
     p = edited(root, tmp_path, "video-only: {embeddings: aim}", "video-only: {embeddings: aim8f}")
-    assert "evaluate.rows.video-only.embeddings: 'aim8f' is not an encoder of embed.encoders (known: aim, aim1f, untrained)" \
+    assert "evaluate.rows.video-only.embeddings: 'aim8f' is not an encoder of embed.encoders (known: aim, aim1f, aim1f-targets, untrained)" \
         in params_error(p, capsys)
 
 
@@ -77,8 +77,8 @@ def test_untrained_row_with_a_misspelled_key(root, tmp_path, capsys):
 
 
 def test_row_listed_twice(root, tmp_path, capsys):
-    p = edited(root, tmp_path, "    - text-only\n", "    - text-only\n    - avg-fusion\n")
-    assert "evaluate: rows: avg-fusion listed twice" in params_error(p, capsys)
+    p = edited(root, tmp_path, "    - text-only ", "    - avg-fusion\n    - text-only ")
+    assert "evaluate: rows and ablations: avg-fusion listed twice" in params_error(p, capsys)
 
 
 def test_float_written_as_text_is_explained(root, tmp_path, capsys):

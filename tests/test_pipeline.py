@@ -50,14 +50,19 @@ def test_dvc_repro_tiny(root, tmp_path):
     run([str(Path(bin_dir) / "dvc"), "repro"], work, env)
 
     rows = json.loads((work / "reports" / "results.json").read_text())
-    assert [r["model"] for r in rows] == ["TF-CoVR-Base", "stage2-only", "avg-fusion", "1-frame", "text-only", "video-only"]
-    # the columns, read from each model's config.json and each cache's meta.json, are the paper's
+    assert [(r["model"], r["table"]) for r in rows] == [("TF-CoVR-Base", "results"), ("1-frame", "results"), ("Stage-2-only", "results"),
+                                                        ("text-only", "results"), ("video-only", "results"), ("avg-fusion", "ablations")]
+    # the columns, read from each model's config.json and each cache's meta.json, are the paper's: the image baseline
+    # has 1 query frame and 8 target frames
     assert [(r["modalities"], r["fusion"], r["query_frames"], r["target_frames"]) for r in rows] == [
-        ("video+text", "combiner", 8, 8), ("video+text", "combiner", 8, 8), ("video+text", "average", 8, 8),
-        ("video+text", "combiner", 1, 1), ("text", "none", 8, 8), ("video", "none", 8, 8)]
+        ("video+text", "combiner", 8, 8), ("video+text", "combiner", 1, 8), ("video+text", "combiner", 8, 8),
+        ("text", "none", 8, 8), ("video", "none", 8, 8), ("video+text", "average", 8, 8)]
     for r in rows:
-        for k in (5, 10, 25, 50): assert 0.0 <= r[f"mAP@{k}"] <= 100.0
-    assert (work / "reports" / "protocol.json").exists()
+        for k in (5, 10, 25, 50): assert 0.0 <= r[f"mAP@{k}"] <= 100.0 and 0.0 <= r[f"R_target@{k}"] <= r[f"R@{k}"]
+    protocol = json.loads((work / "reports" / "protocol.json").read_text())
+    # the evaluator scored exactly the builder's ground truths
+    stats = json.loads((work / "reports" / "triplets_stats.json").read_text())["splits"]["test"]["ground_truths_per_query"]
+    assert protocol["ground_truth"] == "target_videos" and protocol["ground_truths_per_query"] == stats
     assert any((work / "reports" / "figures" / "evaluation").glob("*.png"))
     assert (work / "models" / "stage2" / "gallery").is_dir()
     query = next((work / "data" / "synth" / "finegym" / "videos").glob("*.mp4"))

@@ -53,14 +53,18 @@ def check_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     except ValueError as e: raise ParamsError(f"{path}: {e}") from None
     encoders = list(ps["embed"].encoders)
     for name, run in ps["stage2"].items():
-        if run.embeddings not in encoders:
-            fail(f"stage2.{name}.embeddings", f"{run.embeddings!r} is not an encoder of embed.encoders (known: {', '.join(encoders)})")
+        for key in ("embeddings", "target_embeddings"):
+            enc = getattr(run, key)
+            if enc is not None and enc not in encoders:
+                fail(f"stage2.{name}.{key}", f"{enc!r} is not an encoder of embed.encoders (known: {', '.join(encoders)})")
     ev = ps["evaluate"]
-    try: table_rows(ev, {name: run.embeddings for name, run in ps["stage2"].items()})
+    try: table_rows(ev, {name: (run.embeddings, run.target_embeddings) for name, run in ps["stage2"].items()})
     except ValueError as e: raise ParamsError(f"{path}: {e}") from None
-    for name, enc in ev.untrained.items():
-        if enc is not None and enc not in encoders:
-            fail(f"evaluate.rows.{name}.embeddings", f"{enc!r} is not an encoder of embed.encoders (known: {', '.join(encoders)})")
+    for name, entry in ev.encoders.items():
+        for key, enc in zip(("embeddings", "target_embeddings"), entry or ()):
+            if enc is not None and enc not in encoders:
+                fail(f"evaluate.{ev.table_of(name) if ev.table_of(name) == 'ablations' else 'rows'}.{name}.{key}",
+                     f"{enc!r} is not an encoder of embed.encoders (known: {', '.join(encoders)})")
     if ps["report"].model not in ev.untrained:
         fail("report.model", f"{ps['report'].model!r} is not a row of evaluate.rows (rows: {', '.join(ev.untrained)})")
     return ps
