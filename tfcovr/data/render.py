@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -17,8 +17,8 @@ from ..core import atomic_path
 
 # %% auto #0
 __all__ = ['Skill', 'Position', 'SCENES', 'TWIST_WINDOW', 'PRE', 'MAIN', 'PRE_JITTER', 'MAIN_JITTER', 'MIN_POST', 'PANEL',
-           'Motion', 'Look', 'sample_look', 'motion_angles', 'max_step_deg', 'render_frame', 'render_video',
-           'write_jpegs']
+           'SCENE_SKILLS', 'Motion', 'Look', 'sample_look', 'motion_angles', 'max_step_deg', 'render_frame',
+           'render_video', 'frame_truth', 'sample_motion', 'sample_frame', 'write_jpegs']
 
 # %% ../../nbs/11_data.render.ipynb #142454de
 Skill = Literal["salto", "turn", "vault", "circle", "dismount", "dive"]
@@ -347,6 +347,15 @@ def _splash(d: ImageDraw.ImageDraw, cam: _Cam, m: Motion, look: Look, t: float) 
     d.ellipse(cam.rect(x - 0.35, -0.1, x + 0.35, h), fill=(235, 245, 255))
 
 # %% ../../nbs/11_data.render.ipynb #a11532de
+def _camera(scene: str, look: Look, i: int, root: tuple[float, float], size: int) -> _Cam:
+    "The supersampled camera of frame `i`: the scene's window (diving: following the pelvis `root`), placement, zoom, shake."
+    cx, cy, span = _VIEW[scene]
+    if cy is None: cy = max(root[1] + 0.3, span / 2 - 0.7)   # follow the diver down to the water
+    a, f1, p1, f2, p2 = look.shake
+    sx, sy = a * math.sin(f1 * i + p1), a * math.sin(f2 * i + p2)
+    return _Cam(cx - look.dx - sx * span / size, cy - sy * span / size, span / look.zoom, size * _SS)
+
+
 def render_frame(m: Motion,        # the movement
                  scene: str,       # one of `SCENES`
                  look: Look,       # the clip's nuisance
@@ -357,12 +366,8 @@ def render_frame(m: Motion,        # the movement
     "One RGB frame `[size, size, 3]` uint8."
     t = (i + 0.5) / num_frames
     pose, theta, phi, root = _pose_at(m, scene, look, t)
-    cx, cy, span = _VIEW[scene]
-    if cy is None: cy = max(root[1] + 0.3, span / 2 - 0.7)   # follow the diver down to the water
-    a, f1, p1, f2, p2 = look.shake
-    sx, sy = a * math.sin(f1 * i + p1), a * math.sin(f2 * i + p2)
     S = size * _SS
-    cam = _Cam(cx - look.dx - sx * span / size, cy - sy * span / size, span / look.zoom, S)
+    cam = _camera(scene, look, i, root, size)
     img = Image.new("RGB", (S, S))
     d = ImageDraw.Draw(img)
     _scene(d, cam, scene, look, back=True)
@@ -386,6 +391,57 @@ def render_video(m: Motion,          # the movement
     if (m.skill == "dive") != (scene in ("3m", "10m")): raise ValueError(f"skill {m.skill!r} cannot be drawn on scene {scene!r}")
     idx = range(num_frames) if frames is None else frames
     return np.stack([render_frame(m, scene, look, i, num_frames, size) for i in idx])
+
+# %% ../../nbs/11_data.render.ipynb #8c7d0f58
+SCENE_SKILLS = {"FX": ("salto", "turn"), "BB": ("salto", "turn"), "VT": ("vault",), "UB": ("circle", "dismount"),
+                "3m": ("dive",), "10m": ("dive",)}   # the skills each scene can show
+
+
+def frame_truth(m: Motion,        # the movement
+                scene: str,       # one of `SCENES`
+                look: Look,       # the clip's nuisance
+                i: int,           # frame index
+                num_frames: int,  # frames in the clip
+                size: int,        # frame width = height, pixels
+               ) -> dict[str, Any]:
+    "What frame `i` shows: somersault and twist angles (degrees), joint angles `[4, 2]`, pelvis position (pixels) and scene."
+    pose, theta, phi, root = _pose_at(m, scene, look, (i + 0.5) / num_frames)
+    u, v = _camera(scene, look, i, root, size)(*root)
+    return {"somersault": float(theta), "twist": float(phi), "joints": np.array(pose, dtype=float),
+            "position": (u / _SS, v / _SS), "scene": scene}
+
+
+def sample_motion(gen: np.random.Generator,  # the frame's generator
+                  scene: str,                # one of `SCENES`
+                 ) -> Motion:
+    "A random movement `scene` can show: a skill of the scene, direction, spin, rotation counts, body position and travel."
+    if scene not in SCENE_SKILLS: raise ValueError(f"unknown scene {scene!r} (known: {', '.join(SCENES)})")
+    skills = SCENE_SKILLS[scene]
+    skill = skills[int(gen.integers(len(skills)))]
+    half = lambda lo, hi: 0.5 * int(gen.integers(lo, hi + 1))      # a multiple of 0.5 in [lo / 2, hi / 2]
+    facing, spin = int(gen.choice([-1, 1])), int(gen.choice([-1, 1]))
+    position = ("straight", "pike", "tuck", "free")[int(gen.integers(4))]
+    if skill == "salto": soms, twists, travel = half(1, 6), half(0, 4), float(gen.uniform(0.2, 1.5))
+    elif skill == "turn": soms, twists, travel = 0.0, half(1, 6), 0.0
+    elif skill == "vault": soms, twists, travel = half(2, 5), half(0, 4), 1.0
+    elif skill == "circle": soms, twists, travel = half(1, 3), half(0, 3), 1.0
+    elif skill == "dismount": soms, twists, travel = half(2, 6), half(0, 4), float(gen.uniform(1.0, 2.5))
+    else: soms, twists, travel = half(1, 9), half(0, 6), float(gen.uniform(0.5, 1.5))
+    return Motion(skill, facing, spin, soms, twists, position, travel)
+
+
+def sample_frame(gen: np.random.Generator,  # the frame's own generator (e.g. `core.rng(seed, "pretrain", "train", k)`)
+                 size: int,                 # frame width = height, pixels
+                 nuisance: float = 1.0,     # look jitter, 0-1 (`sample_look`)
+                 steps: int = 1000,         # time resolution: the frame is one of `steps` equally spaced times of its clip
+                ) -> tuple[np.ndarray, dict[str, Any]]:  # frame [size, size, 3] uint8, its ground truth (+ motion, look)
+    "One frame of a random scene, movement, look and time, with its ground truth (`frame_truth`)."
+    scene = SCENES[int(gen.integers(len(SCENES)))]
+    m = sample_motion(gen, scene)
+    look = sample_look(gen, nuisance, tuple(int(v) for v in gen.integers(-20, 21, 3)))
+    i = int(gen.integers(steps))
+    return render_frame(m, scene, look, i, steps, size), {**frame_truth(m, scene, look, i, steps, size), "motion": m, "look": look}
+
 
 # %% ../../nbs/11_data.render.ipynb #1140bacc
 def write_jpegs(frames: np.ndarray,    # [T, H, W, 3] uint8 RGB
