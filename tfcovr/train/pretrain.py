@@ -25,13 +25,14 @@ from torch import nn
 from ..core import atomic_dir, check_device, derive_seed, get_device, load_params, rng, set_threads, to_dict, write_json
 from ..data.render import SCENES, sample_frame
 from ..models.aim import AIMVariant, aim_cfg, preprocess
-from ..models.io import ModelFileError, safetensors_header, write_safetensors
+from ..models.io import ModelFileError, load_state, read_safetensors, safetensors_header, write_safetensors
 from .common import lr_factor, param_groups, plot_history
 
 # %% auto #0
 __all__ = ['TARGETS', 'BACKBONE_META', 'CURVES', 'frame_targets', 'FrameSet', 'render_frames', 'FrameEncoder', 'target_loss',
-           'target_errors', 'save_backbone', 'read_backbone_meta', 'PretrainConfig', 'encode_frames', 'pixel_features',
-           'ridge_probe', 'linear_probe', 'PretrainResult', 'train_pretrain', 'pretrain_main']
+           'target_errors', 'save_backbone', 'load_frame_encoder', 'read_backbone_meta', 'PretrainConfig',
+           'encode_frames', 'pixel_features', 'ridge_probe', 'linear_probe', 'PretrainResult', 'train_pretrain',
+           'pretrain_main']
 
 # %% ../../nbs/44_train.pretrain.ipynb #a4e0a099
 TARGETS: dict[str, int] = {"somersault": 2, "twist": 2, "joints": 8, "position": 2, "scene": len(SCENES)}  # target -> head outputs
@@ -145,7 +146,18 @@ def save_backbone(model: FrameEncoder,                 # the pretrained encoder
     info = {"model": v.name, "img_size": v.img_size, "patch_size": v.patch_size, "embed_dim": v.embed_dim, "depth": v.depth,
             "mean": list(v.mean), "std": list(v.std), "interpolation": v.interpolation, "layout": "timm-vit",
             "targets": model.targets, **(meta or {})}
-    return write_safetensors(model.backbone.state_dict(), path, {BACKBONE_META: json.dumps(info)})
+    tensors = {**model.backbone.state_dict(), **{f"head.{k}": t for k, t in model.head.state_dict().items()}}
+    return write_safetensors(tensors, path, {BACKBONE_META: json.dumps(info)})
+
+
+def load_frame_encoder(path: str | Path) -> FrameEncoder:
+    "The whole pretrained encoder (backbone and target head) of a `save_backbone` file, in eval mode."
+    meta = read_backbone_meta(path)
+    net = FrameEncoder(meta["model"], meta["targets"])
+    sd, _ = read_safetensors(path)
+    load_state(net.backbone, {k: v for k, v in sd.items() if not k.startswith("head.")}, path, f"the {meta['model']} backbone")
+    load_state(net.head, {k[5:]: v for k, v in sd.items() if k.startswith("head.")}, path, "the target head")
+    return net.eval()
 
 
 def read_backbone_meta(path: str | Path) -> dict[str, Any]:
