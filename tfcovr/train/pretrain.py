@@ -171,13 +171,13 @@ def read_backbone_meta(path: str | Path) -> dict[str, Any]:
 class PretrainConfig:
     "Pretraining of the image encoder on rendered frames (params.yaml section `pretrain`)."
     model: str = "aim-tiny"              # the AIM variant whose backbone is pretrained (architecture, input size, mean/std)
-    frames: int = 20000                  # training frames, rendered once
+    frames: int = 30000                  # training frames, rendered once
     val_frames: int = 4000               # held-out frames (another seed stream): validation each epoch, then the linear probe
     nuisance: float = 1.0                # look jitter of the frames, 0-1 (the benchmark's: synth.nuisance)
     targets: tuple[str, ...] = tuple(TARGETS)  # what the head predicts (`TARGETS`)
-    epochs: int = 10                     # passes over the training frames
+    epochs: int = 30                     # passes over the training frames (the feature quality keeps improving to 30)
     batch_size: int = 128                # frames per step
-    lr: float = 1e-3                     # peak AdamW learning rate
+    lr: float = 3e-3                     # peak AdamW learning rate
     weight_decay: float = 0.05           # AdamW weight decay (weight matrices only)
     warmup_epochs: float = 1.0           # linear warm-up, then cosine to 0
     probe_fit: float = 0.75              # share of the held-out frames that fits the linear probe (the rest tests it)
