@@ -185,20 +185,31 @@ def test_float32_embeddings_with_ties_match_reference():
     for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key
 
 
-def _topk_highest_index_first(self, k, dim=-1, largest=True, sorted=True):
-    "A legal topk that resolves ties the worst way for us: the highest index first."
-    vals, i = self.flip(dim).sort(dim=dim, descending=True, stable=True)
-    return torch.return_types.topk((vals.narrow(dim, 0, k), (self.shape[dim] - 1 - i).narrow(dim, 0, k)))
+def _best_highest_index_first(x, kk):
+    "A legal selection that resolves ties the worst way for us: the highest index first."
+    i = x.flip(1).sort(dim=1, descending=True, stable=True).indices
+    return (x.shape[1] - 1 - i)[:, :kk]
 
 
-def test_ties_do_not_depend_on_topk_tie_order(monkeypatch):
-    "topk may return any of several tied items; the ranking must still be stable by gallery index."
-    qe, ge, ql, gl, qgi = labelled_problem(7, 150, 120, 6, 12, integer=True)
+def _descending_highest_index_first(v, i):
+    "A legal descending sort that puts equal scores in the worst order for us: the highest column first."
+    o = v.shape[1] - 1 - v.flip(1).sort(dim=1, descending=True, stable=True).indices
+    return v.gather(1, o), i.gather(1, o)
+
+
+@pytest.mark.parametrize("G", [120, 1500])
+def test_ties_do_not_depend_on_selection_tie_order(monkeypatch, G):
+    "The selection may return any of several tied items; the ranking must still be stable by gallery index."
+    from tfcovr.eval import metrics
+    qe, ge, ql, gl, qgi = labelled_problem(7, 150, G, 6, 12, integer=True)
     sim, rel, excl = dense_inputs(qe, ge, ql, gl, qgi)
     _, first, ref = brute_force(sim, rel & ~excl, excl, (1, 5, 10))
-    monkeypatch.setattr(torch.Tensor, "topk", _topk_highest_index_first)
-    assert torch.tensor([[1., 2., 2., 0., 2.]]).topk(2, 1).indices.tolist() == [[4, 2]]   # the patch is active
+    top, _ = brute_top(sim, rel & ~excl, excl, 10)
+    monkeypatch.setattr(metrics, "_best", _best_highest_index_first)
+    monkeypatch.setattr(metrics, "_descending", _descending_highest_index_first)
+    assert metrics._best(torch.tensor([[1., 2., 2., 0., 2.]]), 2).tolist() == [[4, 2]]   # the patch is active
     pq = per_query_metrics_from_embeddings(qe, ge, ql, gl, qgi, (1, 5, 10), chunk_size=40, first_hit=True)
+    np.testing.assert_array_equal(pq["top_index"], top)
     np.testing.assert_array_equal(pq["first_hit_rank"], first)
     got = summarize_metrics(pq, (1, 5, 10))
     for key, v in ref.items(): assert got[key] == pytest.approx(v, abs=1e-9), key

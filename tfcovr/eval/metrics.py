@@ -89,6 +89,23 @@ def _count(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(torch.uint8).sum(1, dtype=torch.int32).long()
 
 
+def _best(
+    x: torch.Tensor,  # [q, n] float
+    kk: int,          # 1 <= kk <= n
+) -> torch.Tensor:    # [q, kk] column indices, in no defined order
+    "Column indices of the `kk` largest entries of each row (among equal entries, any)."
+    n = x.shape[1]
+    if x.device.type == "cpu":                                       # numpy's vectorised selection: several times
+        return torch.from_numpy(np.ascontiguousarray(np.argpartition(x.numpy(), n - kk, axis=1)[:, n - kk:]))  # faster than topk
+    return x.topk(kk, dim=1, sorted=False).indices
+
+
+def _descending(v: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Rows of scores `v` [q, k] sorted descending (equal scores in no defined order), `i` [q, k] permuted alike."
+    o = torch.from_numpy(np.argsort(-v.numpy(), axis=1)) if v.device.type == "cpu" else v.argsort(dim=1, descending=True)
+    return v.gather(1, o), i.gather(1, o)
+
+
 def _top(
     s: torch.Tensor,  # [q, G] float scores, finite or -inf (excluded)
     kk: int,          # how many of its best items each row keeps, 1 <= kk <= G
@@ -96,17 +113,23 @@ def _top(
     "The `kk` best items of each row, selected among the items of the row's `kk` best blocks instead of the whole row."
     q, G = s.shape
     B = G // max(1, math.isqrt(2 * G * kk))                          # block size: about sqrt(2 G kk) blocks of B items
-    if B < 2: return s.topk(kk, dim=1)
+    if B < 2:
+        j = _best(s, kk)
+        return _descending(s.gather(1, j), j)
     nb = G // B
     bm = s[:, :nb * B].reshape(q, B, nb).amax(1)                     # [q, nb] maxima of the blocks {b, b + nb, b + 2 nb, ...}
-    bv, bi = bm.topk(kk, dim=1, sorted=False)                        # the kk best blocks each hold an item >= t, so
-    t = bv.amin(1, keepdim=True)                                     # the kk-th best item of the row is >= t
+    bi = _best(bm, kk)                                               # the kk best blocks each hold an item >= t, so
+    t = bm.gather(1, bi).amin(1, keepdim=True)                       # the kk-th best item of the row is >= t
     idx = (bi.unsqueeze(2) + nb * torch.arange(B, device=s.device)).reshape(q, kk * B)
     if nb * B < G: idx = torch.cat([idx, torch.arange(nb * B, G, device=s.device).expand(q, -1)], 1)  # the last G % B items
-    vals, j = s.gather(1, idx).topk(kk, dim=1)
-    top = idx.gather(1, j)
+    cv = s.gather(1, idx)                                            # [q, kk B (+ G % B)] candidates
+    j = _best(cv, kk)
+    vals, top = _descending(cv.gather(1, j), idx.gather(1, j))
     redo = (_count(bm >= t) > kk).nonzero().flatten()                # another block reaches t: an item outside may tie
-    if len(redo): vals[redo], top[redo] = s[redo].topk(kk, dim=1)
+    if len(redo):
+        sr = s[redo]
+        j = _best(sr, kk)
+        vals[redo], top[redo] = _descending(sr.gather(1, j), j)
     return vals, top
 
 
