@@ -434,3 +434,12 @@ def test_lists_gpu_matches_cpu():
     cpu = per_query_metrics_from_lists(qe, ge, rel, excl, first_hit=True)
     gpu = per_query_metrics_from_lists(torch.from_numpy(qe).cuda(), torch.from_numpy(ge).cuda(), rel, excl, first_hit=True)
     for key in cpu: np.testing.assert_array_equal(gpu[key], cpu[key], err_msg=key)
+
+
+def test_summary_from_per_query_ap_equals_summary_from_hits():
+    "summarize_metrics reads the per-query AP@K when present; from hits and |G_q| alone it gives the very same numbers."
+    qe, ge, rel, excl, _, _ = list_problem(44, 60, 400, 5, True)
+    pq = per_query_metrics_from_lists(qe, ge, rel, excl)
+    assert summarize_metrics(pq) == summarize_metrics({k: pq[k] for k in ("hits", "n_relevant")})
+    half = {k: pq[k][:30] for k in ("hits", "n_relevant")} | {"AP@5": pq["AP@5"]}   # a stale AP@5 of another length
+    assert summarize_metrics(half, (5,))["mAP@5"] == map_at_k(pq["hits"][:30], pq["n_relevant"][:30], 5)

@@ -252,7 +252,9 @@ def summarize_metrics(
     "The reported numbers, in percent, from per-query outputs."
     out: dict[str, float] = {}
     for k in _check_ks(ks):
-        out[f"mAP@{k}"] = map_at_k(per_query["hits"], per_query["n_relevant"], k)
+        ap = per_query.get(f"AP@{k}")                                # the per-query AP@K, when already there
+        out[f"mAP@{k}"] = (float(100.0 * np.mean(ap)) if ap is not None and len(ap) == len(per_query["hits"])
+                           else map_at_k(per_query["hits"], per_query["n_relevant"], k))
         out[f"R@{k}"] = recall_at_k(per_query["hits"], k)
     return out
 
