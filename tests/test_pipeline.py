@@ -19,6 +19,7 @@ def tiny_params(root: Path) -> dict:
     p = yaml.safe_load((root / "params.yaml").read_text())
     p["synth"].update(labels=TINY_LABELS, frame_size=32, num_frames=16, videos_per_label=[3, 2, 2], sources=[2, 2, 2],
                       workers=1)
+    p["pretrain"].update(frames=256, val_frames=32, epochs=1, batch_size=64, workers=1)
     for run in p["stage1"].values(): run.update(epochs=1, warmup_epochs=0.0)
     p["embed"]["batch_size"] = 8
     for run in p["stage2"].values(): run["train"] = {**run["train"], "epochs": 1, "batch_size": 16}

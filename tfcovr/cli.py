@@ -28,6 +28,7 @@ def _params(args: argparse.Namespace) -> int:
 ROUTED = {  # command -> (module:function taking argv, help)
     "fetch-labels": ("tfcovr.data.fetch:fetch_main", "download the FineGym / FineDiving annotation files, checked against pinned checksums"),
     "check": ("tfcovr.data.video:check_main", "list every unreadable video of a labels table"),
+    "pretrain": ("tfcovr.train.pretrain:pretrain_main", "pretrain the image encoder of params.yaml on rendered single frames"),
     "stage1": ("tfcovr.train.stage1:stage1_main", "train one Stage-1 encoder of params.yaml"),
     "embed": ("tfcovr.eval.embed:embed_main", "extract one encoder's embedding cache"),
     "search": ("tfcovr.eval.retrieval:search_main", "composed retrieval: VIDEO + TEXT -> top-k gallery videos"),

@@ -16,6 +16,7 @@ from .data.modify import ModifyConfig
 from .data.pairing import PairingConfig
 from .eval.report import ReportConfig
 from .train.stage1 import Stage1Config
+from .train.pretrain import PretrainConfig
 from .train.stage2 import Stage2Run
 from .data.synth import SynthConfig
 from .data.triplets import TripletsConfig
@@ -30,6 +31,7 @@ SCHEMA: dict[str, Any] = {
     "data": DataConfig,                   # the data source, and how the labels stage fixes every clip's split
     "classes": ClassList,                 # the action classes: all (the labels table's) or paper (the published model's 306)
     "synth": SynthConfig,                 # SynthGym's size and look
+    "pretrain": PretrainConfig,           # the image encoder pretrained on rendered single frames
     "pairing": PairingConfig,             # label pairs by text similarity
     "modify": ModifyConfig,               # modification texts
     "triplets": TripletsConfig,           # triplets within the labels stage's splits
