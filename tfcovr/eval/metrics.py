@@ -346,9 +346,11 @@ def per_query_metrics_from_embeddings(
     n_rel = torch.bincount(gl, minlength=int(ql.max()) + 1)[ql] - own_rel.long()  # [Q] |G_q|
 
     def chunks():
+        buf = g.new_empty((min(chunk_size, Q), G))                   # one similarity buffer for every chunk
         for o in tqdm(range(0, Q, chunk_size), desc="ranking", disable=not progress):
             sl = slice(o, o + chunk_size)
-            yield o, q[sl] @ g.T, (gl, ql[sl]), qgi[sl], n_rel[sl]   # relevance from the labels: no [c, G] mask
+            sim = torch.mm(q[sl], g.T, out=buf[:len(q[sl])])
+            yield o, sim, (gl, ql[sl]), qgi[sl], n_rel[sl]           # relevance from the labels: no [c, G] mask
 
     return _collect(chunks(), Q, ks, owned=True, first_hit=first_hit)
 
@@ -439,16 +441,18 @@ def per_query_metrics_from_lists(
     n_rel_t = torch.from_numpy(n_rel).to(dev)
 
     def chunks():
+        buf = g.new_empty((min(chunk_size, Q), G))                   # one similarity buffer and one relevance
+        mask = torch.zeros((min(chunk_size, Q), G), dtype=torch.bool, device=dev)  # mask for every chunk
         for o in tqdm(range(0, Q, chunk_size), desc="ranking", disable=not progress):
             c = min(chunk_size, Q - o)
-            rel = torch.zeros((c, G), dtype=torch.bool, device=dev)  # the chunk's relevance, scattered from CSR
             a, b = rp[o], rp[o + c]
-            rel[rr[a:b] - o, rc[a:b]] = True
+            mask[:c].view(-1)[(rr[a:b] - o) * G + rc[a:b]] = True    # the chunk's relevance, scattered from CSR
             ex = None
             if exclude is not None:
-                a, b = ep[o], ep[o + c]
-                ex = (er[a:b] - o, ec[a:b])                          # (row, gallery index) pairs
-            yield o, q[o:o + c] @ g.T, rel, ex, n_rel_t[o:o + c]
+                a2, b2 = ep[o], ep[o + c]
+                ex = (er[a2:b2] - o, ec[a2:b2])                      # (row, gallery index) pairs
+            yield o, torch.mm(q[o:o + c], g.T, out=buf[:c]), mask[:c], ex, n_rel_t[o:o + c]
+            mask.view(-1)[(rr[a:b] - o) * G + rc[a:b]] = False       # cleared where it was set, not memset
 
     return _collect(chunks(), Q, ks, owned=True, first_hit=first_hit)
 
