@@ -1,6 +1,25 @@
 """Benchmark: `tfcovr.eval.metrics` against the published evaluation loop, in both regimes, same numbers.
 
-Last measured figures: see LAST_RUN at the end of this docstring (printed by the run it names).
+Last measured figures (`nice -n 5 python bench/metrics.py` on the project's 2-core AMD EPYC, shared with other jobs
+throughout: 1-min load average 3.5 to 3.8, so absolute times are inflated; the ratios are of interleaved medians):
+
+    machine: AMD EPYC, 2 cores visible, torch 2.14.1+cu130 with 2 threads, 24 GiB RAM, Linux x86_64; 1-min load average at the start: 3.5
+    ks=(5, 10, 25, 50); seconds are medians of 5 interleaved repeats in one process (fewer at 10,000), ratios = published / ours
+    regime             data, Q x G published          dense          lists         labels       lists+fh max|diff| matmul: 1 piece / chunks ceiling ranking only: lists labels CPU-time ratio, lists
+    random        sims 3000 x 3000    0.350s  0.039s   9.0x              -              -              -   3.1e-09                        -       -                   -      -                     -
+    random     emb D=16 3000 x 3000    0.351s              -  0.025s  14.2x  0.022s  16.2x  0.048s   7.3x   4.7e-09          0.018s / 0.004s   89.0x               16.0x  18.8x                 14.1x
+    embeddings   D=768 3000 x 3000    0.507s              -  0.163s   3.1x  0.161s   3.1x  0.167s   3.0x   2.0e-07          0.145s / 0.138s    3.7x               14.2x  15.5x                  3.1x
+    embeddings D=768 10000 x 10000    3.656s              -  1.762s   2.1x  1.732s   2.1x  1.771s   2.1x   1.1e-07          1.613s / 1.574s    2.3x               10.9x  13.0x                  2.1x
+      random sims 3000 x 3000 (ours): mAP@5 0.089, R@5 0.967, mAP@10 0.098, R@10 2.067, mAP@25 0.131, R@25 5.067, mAP@50 0.155, R@50 9.867
+      random emb D=16 3000 x 3000 (ours): mAP@5 0.132, R@5 1.300, mAP@10 0.130, R@10 2.133, mAP@25 0.161, R@25 5.000, mAP@50 0.185, R@50 9.667
+      embeddings D=768 3000 x 3000 (ours): mAP@5 12.072, R@5 62.267, mAP@10 7.821, R@10 77.667, mAP@25 5.102, R@25 92.933, mAP@50 6.001, R@50 97.900
+      embeddings D=768 10000 x 10000 (ours): mAP@5 6.052, R@5 39.000, mAP@10 3.709, R@10 53.520, mAP@25 2.299, R@25 73.800, mAP@50 2.612, R@50 86.990
+    bounded memory, lists path: Q = G = 20000, D = 768, chunk 512: 7.7 s wall (7.1 s CPU), extra peak RSS 98 MiB over the 117 MiB of embeddings (VmHWM reset: True)
+      mAP@5 3.826, R@5 28.100, mAP@10 2.317, R@10 40.300, mAP@25 1.408, R@25 60.170, mAP@50 1.589, R@50 74.850
+    bounded memory, labels path: Q = G = 20000, D = 768, chunk 512: 7.0 s wall (7.0 s CPU), extra peak RSS 83 MiB over the 117 MiB of embeddings (VmHWM reset: True)
+      mAP@5 3.826, R@5 28.100, mAP@10 2.317, R@10 40.300, mAP@25 1.408, R@25 60.170, mAP@50 1.589, R@50 74.850
+    the published loop's [Q, G] float32 matrix alone is 1526 MiB
+    1-min load average at the end: 3.8
 
 The published loop (CIRCO style, as DESIGN.md section 8 describes it), re-implemented faithfully:
 `sims -= 100 * (gallery == query)` excludes the query's own video, one batched `torch.topk(sims, 50)`
@@ -31,9 +50,9 @@ Rows from embeddings also time the matmul alone (interleaved likewise), in one p
 loop computes it and in chunks of 512 queries into one reused buffer as ours does: the same work on both sides,
 which no exact ranking can skip. `ceiling` = published / chunked matmul is the ratio that a ranking costing
 nothing would reach: when it is below 3, 3x including the matmul is out of reach, and `ranking only` gives the
-ratio with each side's own matmul subtracted (the ranking and scoring alone). Every row compares every mAP@K and R@K with the published loop's (continuous scores: no
-ties, so both rank identically; the published AP is summed in float32), and checks that the list path, the
-label path and the first-hit variant agree exactly.
+ratio with each side's own matmul subtracted (the ranking and scoring alone). Every row compares every mAP@K
+and R@K with the published loop's (continuous scores: no ties, so both rank identically; the published AP is
+summed in float32), and checks that the list path, the label path and the first-hit variant agree exactly.
 
 Finally Q = G = 20,000 from embeddings, each path in a child process: time and extra peak resident memory
 (VmHWM, reset through /proc/self/clear_refs once the data is built), against the 1.5 GiB `[Q, G]` float32
@@ -44,7 +63,6 @@ the start and the end); the ratios are of medians of interleaved repeats in one 
 
 Usage: python bench/metrics.py [--repeats 5] [--big 20000] [--sizes 3000 10000]
 
-LAST_RUN
 """
 from __future__ import annotations
 
