@@ -386,7 +386,7 @@ def _index_lists(
     flat = None
     try:
         lengths = np.fromiter(map(len, parts), np.int64, n)
-        nz = [x for x, m in zip(parts, lengths) if m]                # empty lists have no dtype: leave them out
+        nz = [x for x, k in zip(parts, lengths) if k]                # empty lists have no dtype: leave them out
         flat = np.concatenate(nz) if nz else np.zeros(0, np.int64)
     except (TypeError, ValueError): pass
     if flat is None or flat.ndim != 1 or len(flat) != lengths.sum() or (len(flat) and flat.dtype.kind not in "iu"):
