@@ -30,8 +30,8 @@ def test_repository_params_pass(root, capsys):
 
 
 def test_duplicate_key_is_rejected_with_its_line(root, tmp_path, capsys):
-    p = edited(root, tmp_path, "    lr: 0.0003               #", "    lr: 0.0003\n    lr: 0.001                #")
-    line = p.read_text().splitlines().index("    lr: 0.001                # the paper: 1e-5 at batch 512 with a frozen CLIP backbone") + 1
+    p = edited(root, tmp_path, "    lr: 0.005                #", "    lr: 0.005\n    lr: 0.001                #")
+    line = next(i for i, l in enumerate(p.read_text().splitlines(), 1) if l.startswith("    lr: 0.001                # the paper: 1e-5"))
     err = params_error(p, capsys)
     assert f"line {line}: stage1.aim.lr: duplicate key (first at line {line - 1}" in err
 
@@ -82,7 +82,7 @@ def test_row_listed_twice(root, tmp_path, capsys):
 
 
 def test_float_written_as_text_is_explained(root, tmp_path, capsys):
-    p = edited(root, tmp_path, "    lr: 0.0003               #", "    lr: 3e-4                 #")
+    p = edited(root, tmp_path, "    lr: 0.005                #", "    lr: 3e-4                 #")
     err = params_error(p, capsys)
     assert "stage1.aim.lr: expected float, got '3e-4' (YAML reads 3e-4 as text: write 3.0e-4 or 0.0003)" in err
 
