@@ -184,17 +184,8 @@ def ddp(c: dict, amp: str) -> dict:
         return json.loads(Path(out).read_text())
 
 
-def write_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f: json.dump(obj, f, indent=2); f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-
-
 def main():
+    from tfcovr.core import write_json   # atomic: a temporary file, then a rename
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="CPU run of every code path with aim-tiny (writes gpu_smoke.json)")
     ap.add_argument("--batch", type=int, default=32, help="Stage-1 training clips per step (per process for DDP)")
@@ -227,7 +218,7 @@ def main():
     met = None if a.smoke or bf16 is None else bf16["clips_per_s"] >= TARGET
     target = {"text": f"target: >= {TARGET:.0f} clips/s Stage-1 training on an H100/H200 in bf16",
               "met": met, "note": "smoke run: not applicable" if a.smoke else None}
-    write_atomic(out, {"smoke": a.smoke, "machine": machine, "config": c, "results": res, "target": target})
+    write_json(out, {"smoke": a.smoke, "machine": machine, "config": c, "results": res, "target": target})
 
     prec = lambda amp: "bf16" if amp == "bf16" else "fp32"
     mem = lambda r: f"peak {r['peak_gpu_mib']} MiB" if r.get("peak_gpu_mib") is not None else "peak n/a (CPU)"
