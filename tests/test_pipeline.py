@@ -50,7 +50,7 @@ def test_dvc_repro_tiny(root, tmp_path):
     run([str(Path(bin_dir) / "tfcovr"), "params", "params.yaml"], work, env)
     run([str(Path(bin_dir) / "dvc"), "repro"], work, env)
 
-    rows = json.loads((work / "reports" / "results.json").read_text())
+    rows = json.loads((work / "reports" / "synth" / "results.json").read_text())
     assert [(r["model"], r["table"]) for r in rows] == [("TF-CoVR-Base", "results"), ("1-frame", "results"), ("Stage-2-only", "results"),
                                                         ("text-only", "results"), ("video-only", "results"), ("avg-fusion", "ablations")]
     # the columns, read from each model's config.json and each cache's meta.json, are the paper's: the image baseline
@@ -60,11 +60,11 @@ def test_dvc_repro_tiny(root, tmp_path):
         ("text", "none", 8, 8), ("video", "none", 8, 8), ("video+text", "average", 8, 8)]
     for r in rows:
         for k in (5, 10, 25, 50): assert 0.0 <= r[f"mAP@{k}"] <= 100.0 and 0.0 <= r[f"R_target@{k}"] <= r[f"R@{k}"]
-    protocol = json.loads((work / "reports" / "protocol.json").read_text())
+    protocol = json.loads((work / "reports" / "synth" / "protocol.json").read_text())
     # the evaluator scored exactly the builder's ground truths
-    stats = json.loads((work / "reports" / "triplets_stats.json").read_text())["splits"]["test"]["ground_truths_per_query"]
+    stats = json.loads((work / "reports" / "synth" / "triplets_stats.json").read_text())["splits"]["test"]["ground_truths_per_query"]
     assert protocol["ground_truth"] == "target_videos" and protocol["ground_truths_per_query"] == stats
-    assert any((work / "reports" / "figures" / "evaluation").glob("*.png"))
+    assert any((work / "reports" / "synth" / "figures" / "evaluation").glob("*.png"))
     assert (work / "models" / "stage2" / "gallery").is_dir()
     query = next((work / "data" / "synth" / "finegym" / "videos").glob("*.mp4"))
     found = run([str(Path(bin_dir) / "tfcovr"), "search", str(query), "show with 2 turns", "-k", "3",
@@ -84,7 +84,7 @@ def test_dvc_repro_tiny(root, tmp_path):
 
 
 # Outputs that record when or where a run happened rather than what it computed.
-RUN_RECORDS = ("reports/stages/", "reports/params.json", "reports/synth.json")
+RUN_RECORDS = ("reports/synth/stages/", "reports/synth/params.json", "reports/synth/synth.json", "data/build/raw_manifest.json")
 
 
 def output_hashes(work: Path) -> dict[str, str]:

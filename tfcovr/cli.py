@@ -19,9 +19,14 @@ INPUT_ERRORS = (ParamsError, FileNotFoundError, ValueError)  # bad input to a co
 
 
 def _params(args: argparse.Namespace) -> int:
+    from tfcovr.core import read_yaml, resolve_params
     from tfcovr.pipeline import check_params
-    ps = check_params(args.file)
-    print(f"{args.file}: ok ({', '.join(ps)})")
+    ps = check_params(args.file, preset=args.preset)
+    if args.show:
+        import yaml
+        resolved, name = resolve_params(read_yaml(args.file), str(args.file), args.preset)
+        print(f"# {args.file} with preset {name}, resolved\n" + yaml.safe_dump(resolved, sort_keys=False, width=120), end="")
+    else: print(f"{args.file}: ok ({', '.join(ps)})")
     return 0
 
 
@@ -50,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("params", help="validate a params.yaml file")
     s.add_argument("file", nargs="?", default="params.yaml")
+    s.add_argument("--preset", default=None, help="a preset instead of the file's `preset` key (default, paper)")
+    s.add_argument("--show", action="store_true", help="print the resolved parameters as YAML")
     s.set_defaults(func=_params)
     for name, (target, help) in ROUTED.items():
         s = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")

@@ -25,8 +25,9 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['DEVICES', 'TMPDIR_ENV', 'ParamsError', 'from_dict', 'to_dict', 'read_yaml', 'load_params', 'derive_seed', 'rng',
-           'set_threads', 'seed_everything', 'check_device', 'get_device', 'DistInfo', 'distributed', 'barrier',
+__all__ = ['PRESET_KEYS', 'DEFAULT_PRESET', 'PINNED', 'DEVICES', 'TMPDIR_ENV', 'ParamsError', 'from_dict', 'to_dict',
+           'list_presets', 'read_preset', 'merge_params', 'resolve_params', 'read_yaml', 'load_params', 'derive_seed',
+           'rng', 'set_threads', 'seed_everything', 'check_device', 'get_device', 'DistInfo', 'distributed', 'barrier',
            'resolve_amp', 'autocast', 'file_sha256', 'stable_hash', 'find_root', 'set_output_mode', 'temp_root',
            'clean_temporaries', 'atomic_path', 'atomic_write', 'atomic_dir', 'write_json', 'check_columns',
            'save_figure']
@@ -119,6 +120,61 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path): return str(obj)
     return obj
 
+# %% ../nbs/00_core.ipynb #0da1dfde
+PRESET_KEYS = ("preset", "override")  # the top-level keys `resolve_params` consumes
+DEFAULT_PRESET = "default"            # the file's own values
+PINNED = ("source", "root")           # `data` keys a preset or override may not change
+
+
+def list_presets() -> list[str]:
+    "The presets `params.yaml` may name: `default` and the YAML files shipped in `tfcovr/presets`."
+    from importlib.resources import files
+    return [DEFAULT_PRESET] + sorted(p.name[:-5] for p in (files("tfcovr") / "presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    "The values of the shipped preset `name` (`default`: none)."
+    if name not in list_presets(): raise ParamsError(f"preset {name!r} is not known (known: {', '.join(list_presets())})")
+    if name == DEFAULT_PRESET: return {}
+    from importlib.resources import as_file, files
+    with as_file(files("tfcovr") / "presets" / f"{name}.yaml") as p: data = read_yaml(p)
+    if not isinstance(data, Mapping): raise ParamsError(f"preset {name}: expected a mapping of sections, got {type(data).__name__}")
+    return dict(data)
+
+
+def merge_params(base: Any, over: Any, where: str = "") -> Any:
+    "`over` laid over `base`: mappings merge key by key (`'*'` first applies to every key of `base`), anything else replaces."
+    if not isinstance(over, Mapping): return over
+    if not isinstance(base, Mapping):
+        if base is not None: raise ParamsError(f"{where or 'top level'}: a mapping cannot replace {type(base).__name__} {base!r}")
+        base = {}
+    out = dict(base)
+    if "*" in over:
+        for k in base: out[k] = merge_params(out[k], over["*"], f"{where}.{k}" if where else str(k))
+    for k, v in over.items():
+        if k != "*": out[k] = merge_params(out.get(k), v, f"{where}.{k}" if where else str(k))
+    return out
+
+
+def resolve_params(raw: Mapping[str, Any],    # a params file's contents
+                   where: str = "params",      # the file, named in errors
+                   preset: str | None = None,  # a preset to use instead of the file's `preset` key
+                   ) -> tuple[dict[str, Any], str]:  # the resolved sections (without `preset` and `override`), the preset
+    "The parameters a params file means: its values, its preset's over them, then its `override` section."
+    name = raw.get("preset", DEFAULT_PRESET) if preset is None else preset
+    if not isinstance(name, str): raise ParamsError(f"{where}: preset: expected a name, got {name!r}")
+    override = raw.get("override") or {}
+    if not isinstance(override, Mapping): raise ParamsError(f"{where}: override: expected a mapping, got {type(override).__name__}")
+    base = {k: v for k, v in raw.items() if k not in PRESET_KEYS}
+    try: out = merge_params(merge_params(base, read_preset(name)), override)
+    except ParamsError as e: raise ParamsError(f"{where}: {e}") from None
+    for key in PINNED:                                   # dvc.yaml reads these from the file itself
+        if isinstance(base.get("data"), Mapping) and isinstance(out.get("data"), Mapping) and base["data"].get(key) != out["data"].get(key):
+            raise ParamsError(f"{where}: data.{key}: set it in the data section, not through a preset or override "
+                              "(dvc.yaml names the reports folder and the tracked data by the file's own value)")
+    return out, name
+
+
 # %% ../nbs/00_core.ipynb #4fce4ac7
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -164,11 +220,14 @@ def read_yaml(path: str | Path) -> Any:
         raise ParamsError(f"{path}:{line} invalid YAML: {getattr(e, 'problem', e)}") from None
 
 
-def load_params(path: str | Path, schema: Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
-    "Read `path` and return `{section: typed value}` for every section of `schema`."
+def load_params(path: str | Path, schema: Mapping[str, Any], strict: bool = True,
+                preset: str | None = None,  # a preset to use instead of the file's `preset` key
+                ) -> dict[str, Any]:
+    "Read `path`, resolve its preset (`resolve_params`) and return `{section: typed value}` for every section of `schema`."
     raw = read_yaml(path)
     name = str(path)
     if not isinstance(raw, Mapping): raise ParamsError(f"{name}: expected a mapping of sections, got {type(raw).__name__}")
+    raw, _ = resolve_params(raw, name, preset)
     if strict:
         for k in raw:
             if k not in schema: raise ParamsError(f"{name}: {k}: unknown section (known: {', '.join(schema)})")

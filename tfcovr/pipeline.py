@@ -22,7 +22,7 @@ from .data.synth import SynthConfig
 from .data.triplets import TripletsConfig
 
 # %% auto #0
-__all__ = ['SCHEMA', 'check_params']
+__all__ = ['SCHEMA', 'source_paths', 'check_params']
 
 # %% ../nbs/90_pipeline.ipynb #678eae19
 SCHEMA: dict[str, Any] = {
@@ -43,14 +43,34 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def check_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    "Validate the whole of `path` against `SCHEMA` and the references between sections; return the typed sections."
-    ps = load_params(path, SCHEMA, strict=True)
+def source_paths(data: DataConfig) -> dict[str, Path]:
+    "Every annotation file or folder and clip folder of the selected source, by its key in `data`."
+    s, lab = data.source, data.labels_config
+    out = {f"data.videos.{s}.{ds}": Path(p) for ds, p in data.video_roots.items()}
+    if "finegym" in lab.datasets:
+        g = lab.finegym
+        out |= {f"data.labels.{s}.finegym.categories": g.categories,
+                **({f"data.labels.{s}.finegym.set_categories": g.set_categories} if g.set_categories else {}),
+                **{f"data.labels.{s}.finegym.splits.{k}": p for k, p in g.splits.items()}}
+    if "finediving" in lab.datasets: out[f"data.labels.{s}.finediving.annotation_dir"] = lab.finediving.annotation_dir
+    return out
+
+
+def check_params(path: str | Path = "params.yaml",  # the params file
+                 preset: str | None = None,          # a preset to use instead of the file's `preset` key
+                 ) -> dict[str, Any]:
+    "Validate the whole of `path` (its preset resolved) against `SCHEMA` and the references between sections; return the typed sections."
+    ps = load_params(path, SCHEMA, strict=True, preset=preset)
     def fail(key: str, msg: str): raise ParamsError(f"{path}: {key}: {msg}")
     if ps["threads"] < 1: fail("threads", f"expected an int >= 1, got {ps['threads']}")
     data = ps["data"]
     if data.source == "synth" and Path(data.root) != Path("data/synth"):
         fail("data.root", f"the synth source is rendered into data/synth, got {str(data.root)!r}")
+    root = Path(data.root)
+    outside = [f"{k} ({p})" for k, p in source_paths(data).items() if not Path(p).is_relative_to(root)]
+    if outside: fail("data.root", f"{str(root)!r} is not the {data.source} source's folder: {', '.join(outside[:3])} "
+                                  f"{'lie' if len(outside) > 1 else 'lies'} outside it (the {data.source} source's root is where its "
+                                  "annotations and clips are)")
     try: check_classes(ps["classes"], data.source)
     except ValueError as e: raise ParamsError(f"{path}: {e}") from None
     encoders = list(ps["embed"].encoders)

@@ -26,7 +26,8 @@ from .io import ModelFileError, check_finite, load_weights, read_safetensors, sa
 
 # %% auto #0
 __all__ = ['MAX_FRAMES', 'OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'Adapter', 'AIMBlock', 'AIM', 'AIMVariant', 'register_aim',
-           'list_aims', 'aim_cfg', 'read_state_dict', 'load_backbone', 'cached_weights', 'create_aim', 'preprocess',
+           'list_aims', 'aim_cfg', 'read_state_dict', 'unwrap_state_dict', 'load_backbone', 'cached_weights',
+           'published_name', 'is_published_aim', 'published_state_dict', 'load_published', 'create_aim', 'preprocess',
            'AIMConfig', 'save_weights', 'read_meta', 'weights_sha256', 'checkpoint_file', 'load_stage1']
 
 # %% ../../nbs/21_models.aim.ipynb #1bb8b0c3
@@ -255,6 +256,8 @@ register_aim(AIMVariant("aim-tiny-1f", num_frames=1, temporal=False, **_TINY))
 _SMALL = dict(img_size=64, patch_size=8, embed_dim=96, depth=3, num_heads=4, pre_norm=False)
 register_aim(AIMVariant("aim-small", num_frames=8, **_SMALL))
 register_aim(AIMVariant("aim-small-1f", num_frames=1, temporal=False, **_SMALL))
+_TINY_CLIP = dict(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=4, act_layer="quick_gelu")  # aim-b16's layout, shrunk
+register_aim(AIMVariant("aim-tiny-clip", num_frames=3, **_TINY_CLIP))
 
 # %% ../../nbs/21_models.aim.ipynb #02b601d3
 _WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -270,17 +273,38 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ModelFileError(f"checkpoint {path}: not readable as a state dict ({type(e).__name__}: {why}); OpenAI's TorchScript "
                              "ViT-B-16.pt must first be saved as a state dict: torch.save(torch.jit.load(p, map_location='cpu')"
-                             ".state_dict(), 'clip_b16.pth')") from None
+                             ".state_dict(), 'clip_b16.pth'); a Lightning checkpoint whose other entries hold Python objects: "
+                             "save its 'state_dict' entry alone") from None
     if not isinstance(sd, Mapping): raise ModelFileError(f"checkpoint {path}: expected a state dict, got {type(sd).__name__}")
     return dict(sd)
 
 
+def unwrap_state_dict(obj: Mapping[str, Any],  # what `read_state_dict` returned
+                      where: str,               # the file (for messages)
+                      ) -> tuple[dict[str, torch.Tensor], str]:  # tensors, the prefix stripped from their names
+    "The tensors of a checkpoint: a Lightning `state_dict` (or Fabric `model`) entry unwrapped, Lightning's `model.` prefix stripped."
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), Mapping): obj = obj[key]; break
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad: raise ModelFileError(f"checkpoint {where}: expected a state dict of tensors, but {bad[0]!r} holds a {type(obj[bad[0]]).__name__}")
+    prefixed = [k.startswith("model.") for k in obj]
+    if any(prefixed) and not all(prefixed):
+        odd = [k for k, p in zip(obj, prefixed) if not p]
+        raise ModelFileError(f"checkpoint {where}: mixes keys with Lightning's 'model.' prefix and keys without ({len(odd)}: "
+                             f"{', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''})")
+    prefix = "model." if obj and all(prefixed) else ""
+    return {k[len(prefix):]: v for k, v in obj.items()}, prefix
+
+
 def load_backbone(model: AIM,                          # the model to fill
-                  src: str | Path | Mapping[str, torch.Tensor],  # checkpoint file or state dict (timm, open_clip or OpenAI CLIP)
+                  src: str | Path | Mapping[str, torch.Tensor],  # checkpoint file or state dict (timm, open_clip, OpenAI CLIP or published TF-CoVR)
                   ) -> list[str]:
-    "Load ViT/CLIP backbone weights into `model`; returns the keys left at init (adapters, temporal embedding, head)."
+    "Load ViT/CLIP backbone weights (or a whole published TF-CoVR Stage-1 model) into `model`; returns the keys left at init."
     where = "state dict" if isinstance(src, Mapping) else str(src)
-    sd = checkpoint_filter_fn(dict(src) if isinstance(src, Mapping) else read_state_dict(src), model)
+    sd, prefix = unwrap_state_dict(src if isinstance(src, Mapping) else read_state_dict(src), where)
+    if is_published_aim(sd): return load_published(model, sd, where, prefix)
+    if "class_embedding" in sd: sd = {"visual." + k: v for k, v in sd.items()}   # CLIP's `visual` module saved on its own
+    sd = checkpoint_filter_fn(sd, model)
     sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     check_finite(sd, f"checkpoint {where}")
     own = model.state_dict()
@@ -310,6 +334,67 @@ def cached_weights(variant: AIMVariant) -> Path:
         f"the local cache {constants.HF_HUB_CACHE}. Either pass checkpoint_path=<file>: the repo's model.safetensors "
         f"(https://huggingface.co/{repo}), an open_clip or OpenAI CLIP ViT-B/16 state dict (.safetensors, .bin or .pth); "
         f"or on a connected machine run `huggingface-cli download {repo}` and copy its cache here (set HF_HUB_CACHE).")
+
+# %% ../../nbs/21_models.aim.ipynb #19b94a8d
+_TO_PUBLISHED = (  # (pattern in our state-dict name, its replacement in the published ViT_CLIP name), applied in order
+    (r"^patch_embed\.proj\.", "conv1."), (r"^cls_token$", "class_embedding"), (r"^pos_embed$", "positional_embedding"),
+    (r"^norm_pre\.", "ln_pre."), (r"^norm\.", "ln_post."), (r"^head\.", "fc_cls."),
+    (r"^blocks\.(\d+)\.", r"transformer.resblocks.\1."), (r"\.norm([12])\.", r".ln_\1."),
+    (r"\.attn\.qkv\.", ".attn.in_proj_"), (r"\.attn\.proj\.", ".attn.out_proj."),
+    (r"\.mlp\.fc1\.", ".mlp.c_fc."), (r"\.mlp\.fc2\.", ".mlp.c_proj."),
+    (r"\.t_adapter\.fc", ".T_Adapter.D_fc"), (r"\.s_adapter\.fc", ".S_Adapter.D_fc"), (r"\.mlp_adapter\.fc", ".MLP_Adapter.D_fc"),
+)
+_LEADING_ONES = {"cls_token": 2, "pos_embed": 1}  # leading size-1 dims of ours that the published tensor lacks
+_PUBLISHED_MARK = re.compile(r"(^|\.)(T_Adapter|S_Adapter|MLP_Adapter)\.D_fc[12]\.|^fc_cls\.")
+
+
+def published_name(name: str) -> str:
+    "The name in the published TF-CoVR `ViT_CLIP` (OpenAI CLIP visual layout + AIM adapters) of our state-dict key `name`."
+    for pattern, repl in _TO_PUBLISHED: name = re.sub(pattern, repl, name)
+    return name
+
+
+def is_published_aim(sd: Mapping[str, Any]) -> bool:  # a state dict, Lightning's `model.` prefix stripped
+    "True for a published TF-CoVR Stage-1 state dict: it holds AIM adapters (`*_Adapter.D_fc*`) or the classifier `fc_cls`."
+    return any(_PUBLISHED_MARK.search(k) for k in sd)
+
+
+def published_state_dict(model: AIM) -> dict[str, torch.Tensor]:
+    "`model`'s tensors under the published names and shapes (the inverse of `load_published`)."
+    return {published_name(k): v.reshape(v.shape[_LEADING_ONES.get(k, 0):]) for k, v in model.state_dict().items()}
+
+
+def _listed(what: str, keys: list[str]) -> str:
+    return f"{what} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+
+
+def load_published(model: AIM,                        # the model to fill, every tensor
+                   sd: Mapping[str, torch.Tensor],    # the published state dict, Lightning's `model.` prefix stripped
+                   where: str,                        # the file (for messages)
+                   prefix: str = "",                  # the prefix stripped from the file's names (for messages)
+                   ) -> list[str]:                    # the keys left at init: none
+    "Load a published TF-CoVR Stage-1 state dict into `model` strictly: a missing, unexpected or misshapen tensor raises naming it."
+    own = model.state_dict()
+    ours = {published_name(k): k for k in own}        # published name -> our name
+    head = sd.get("fc_cls.weight")
+    if head is not None and head.ndim == 2 and head.shape[0] != model.num_classes:
+        raise ModelFileError(f"checkpoint {where}: its classifier {prefix}fc_cls has {head.shape[0]} classes, this model "
+                             f"{model.num_classes}: build it with num_classes={head.shape[0]}")
+    check_finite(sd, f"checkpoint {where}")
+    state = {ours[p]: v.reshape((1,) * _LEADING_ONES.get(ours[p], 0) + tuple(v.shape)) for p, v in sd.items() if p in ours}
+    faults = [_listed(what, ks) for what, ks in (
+        ("missing keys", [prefix + p for p, k in ours.items() if k not in state]),
+        ("unexpected keys", [prefix + p for p in sd if p not in ours]),
+        ("shape mismatch, file vs model", [f"{prefix}{p} {list(sd[p].shape)} vs {list(own[k].shape[_LEADING_ONES.get(k, 0):])}"
+                                           for p, k in ours.items() if k in state and state[k].shape != own[k].shape])) if ks]
+    if faults:
+        raise ModelFileError(f"checkpoint {where}: a published TF-CoVR Stage-1 model that does not fit this AIM (D={model.embed_dim}, "
+                             f"depth={len(model.blocks)}, img={model.patch_embed.img_size[0]}, frames={model.num_frames}, "
+                             f"temporal={model.temporal}, pre-norm={not isinstance(model.norm_pre, nn.Identity)}, "
+                             f"classes={model.num_classes}): " + "; ".join(faults))
+    model.load_state_dict(state, strict=True)
+    return []
+
 
 # %% ../../nbs/21_models.aim.ipynb #0e4e4401
 def create_aim(name: str,                                # a registered variant (`list_aims()`)
@@ -350,8 +435,8 @@ class AIMConfig:
     name: str = "aim-tiny"                 # a registered variant (`list_aims()`)
     num_frames: int = 8                    # clip length T: frames at the centres of T equal segments
     pretrained: bool = False               # load the variant's backbone weights from the local HF cache
-    checkpoint_path: Path | None = None    # or from this file (timm, open_clip or OpenAI CLIP state dict)
-    freeze_backbone: bool = False          # AIM recipe: true with CLIP weights; a random backbone must train (false)
+    checkpoint_path: Path | None = None    # or from this file (timm, open_clip or OpenAI CLIP state dict, or a published TF-CoVR Stage-1 model)
+    freeze_backbone: bool | None = None    # None: follow the weights (frozen with pretrained or checkpoint_path, else trained); true needs weights
     drop_path_rate: float = 0.0            # stochastic depth of the temporal and MLP-adapter branches
     drop_rate: float = 0.0                 # dropout before the classifier
 
@@ -359,15 +444,25 @@ class AIMConfig:
         aim_cfg(self.name)
         if not 1 <= self.num_frames <= MAX_FRAMES: raise ValueError(f"num_frames must be in 1..{MAX_FRAMES}, got {self.num_frames}")
         if self.pretrained and self.checkpoint_path is not None: raise ValueError("give pretrained or checkpoint_path, not both")
-        if self.freeze_backbone and not (self.pretrained or self.checkpoint_path is not None):
+        if self.freeze_backbone and not self.has_weights:
             raise ValueError("freeze_backbone needs weights (pretrained or checkpoint_path): a frozen random backbone learns nothing")
         for k in ("drop_path_rate", "drop_rate"):
             if not 0 <= getattr(self, k) < 1: raise ValueError(f"{k} must be in [0, 1), got {getattr(self, k)}")
 
+    @property
+    def has_weights(self) -> bool:
+        "True when the backbone starts from weights (pretrained or a checkpoint file)."
+        return self.pretrained or self.checkpoint_path is not None
+
+    @property
+    def frozen(self) -> bool:
+        "The resolved `freeze_backbone`: the explicit value, else whether weights are loaded."
+        return self.has_weights if self.freeze_backbone is None else self.freeze_backbone
+
     def build(self, num_classes: int) -> AIM:  # `num_classes`: classifier outputs (0: none)
         "The model this section describes."
         return create_aim(self.name, num_frames=self.num_frames, num_classes=num_classes, pretrained=self.pretrained,
-                          checkpoint_path=self.checkpoint_path, freeze_backbone=self.freeze_backbone,
+                          checkpoint_path=self.checkpoint_path, freeze_backbone=self.frozen,
                           drop_path_rate=self.drop_path_rate, drop_rate=self.drop_rate)
 
 # %% ../../nbs/21_models.aim.ipynb #aad8717f

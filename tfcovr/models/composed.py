@@ -16,17 +16,21 @@ from tqdm.auto import tqdm
 
 from ..core import atomic_dir, from_dict, get_device, to_dict, write_json
 from .fusion import FusionConfig, check_dims, create_fusion
-from .io import ModelFileError, load_weights, read_json_object, safetensors_header, write_weights
-from .text import TextConfig
+from .aim import weights_sha256
+from .io import ModelFileError, load_state, read_json_object, read_safetensors, safetensors_header, write_safetensors
+from .text import TextConfig, loads_weights
 
 # %% auto #0
-__all__ = ['QueryMode', 'CONFIG_FILE', 'WEIGHTS_FILE', 'MAX_DIM', 'model_device', 'ComposedModel', 'weights_dim',
-           'save_pretrained', 'ArrayEmbeddings']
+__all__ = ['QueryMode', 'CONFIG_FILE', 'WEIGHTS_FILE', 'MAX_DIM', 'TEXT_BACKBONE', 'model_device', 'ComposedModel', 'weights_dim',
+           'text_reference', 'trained_state', 'check_text_reference', 'write_model', 'load_model', 'save_pretrained',
+           'ArrayEmbeddings']
 
 # %% ../../nbs/25_models.composed.ipynb #1dc1dbc5
 QueryMode = Literal["fusion", "text", "video"]
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MAX_DIM = 1 << 16  # the largest embedding size a config may name
+TEXT_BACKBONE = "text_backbone"  # config.json key: the frozen text backbone a saved model names instead of storing
+_FUSION_BEFORE = {"projection_dim": None, "video_input": "normalised"}  # fusion keys a config.json may predate
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -49,8 +53,9 @@ class ComposedModel(nn.Module):
         self.fusion_cfg = (fusion or FusionConfig()) if query == "fusion" else None
         self.text_encoder = self.text_cfg.create(video_dim) if self.text_cfg else None
         f = self.fusion_cfg
-        self.fusion = create_fusion(f.name, video_dim, video_dim, f.hidden_dim, f.dropout) if f else None
+        self.fusion = create_fusion(f.name, video_dim, video_dim, f.hidden_dim, f.dropout, projection_dim=f.projection_dim) if f else None
         self._text_cache: dict[str, torch.Tensor] = {}  # text -> pooled backbone features [H] (frozen backbone)
+        self._backbone_sha: str | None = None            # digest of a frozen text backbone (see `text_reference`)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -67,7 +72,9 @@ class ComposedModel(nn.Module):
         if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_DIM:
             raise ModelFileError(f"{where}: video_dim must be an integer in 1..{MAX_DIM}, got {dim!r}")
         text = from_dict(TextConfig, config["text"], f"{where}.text") if config.get("text") else None
-        fusion = from_dict(FusionConfig, config["fusion"], f"{where}.fusion") if config.get("fusion") else None
+        fusion = config.get("fusion")
+        if isinstance(fusion, dict): fusion = {**_FUSION_BEFORE, **fusion}   # files written before these keys existed
+        fusion = from_dict(FusionConfig, fusion, f"{where}.fusion") if fusion else None
         try: return cls(dim, config["query"], text, fusion)
         except (ValueError, TypeError) as e: raise ModelFileError(f"{where}: {e}") from None
 
@@ -78,7 +85,7 @@ class ComposedModel(nn.Module):
         return self
 
     def load_state_dict(self, *args, **kwargs):
-        self._text_cache.clear()
+        self._text_cache.clear(); self._backbone_sha = None
         return super().load_state_dict(*args, **kwargs)
 
     def cache_texts(self, texts: list[str], batch_size: int = 256, progress: bool = False) -> int:
@@ -117,12 +124,13 @@ class ComposedModel(nn.Module):
     def encode_query(self, video_emb: torch.Tensor,  # [B, D] cached query-video embeddings (raw or normalised)
                      texts: list[str],               # B modification texts
                     ) -> torch.Tensor:               # [B, D] unit rows
-        "The composed query embedding."
+        "The composed query embedding; the fusion reads the normalised video embedding, or the raw one (`video_input: raw`)."
         v = self._video(video_emb)
         if self.query_mode == "video": return v
         if len(texts) != len(v): raise ValueError(f"got {len(v)} query videos but {len(texts)} texts")
         t = self.encode_text(texts)
-        return t if self.query_mode == "text" else self.fusion(v, t)
+        if self.query_mode == "text": return t
+        return self.fusion(video_emb.float() if self.fusion_cfg.video_input == "raw" else v, t)
 
     def encode_target(self, video_emb: torch.Tensor,  # [B, D] cached target-video embeddings
                      ) -> torch.Tensor:               # [B, D] unit rows
@@ -137,7 +145,7 @@ class ComposedModel(nn.Module):
     def from_pretrained(cls, folder: str | Path,  # a folder written by `save_pretrained`
                         device: str = "cpu",      # device to load to
                        ) -> ComposedModel:
-        "Rebuild a saved model; sizes of weights and config that disagree raise, naming both."
+        "Rebuild a saved model (a named frozen text backbone from its name and path); sizes or weights that disagree raise, naming both."
         folder = Path(folder)
         for f in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / f).is_file(): raise FileNotFoundError(f"{folder}: no {f}; not a folder written by save_pretrained")
@@ -145,7 +153,7 @@ class ComposedModel(nn.Module):
         model = cls.from_config(config, str(folder / CONFIG_FILE))
         ckpt = weights_dim(folder / WEIGHTS_FILE)
         check_dims(ckpt, config["video_dim"], None)
-        load_weights(model, folder / WEIGHTS_FILE)
+        load_model(model, folder)
         model.checkpoint_dim = ckpt
         return model.to(get_device(device)).eval()
 
@@ -159,14 +167,68 @@ def weights_dim(path: Path) -> int | None:
     return int(shape[0])
 
 
+_BACKBONE = "text_encoder.backbone."
+_REF_KEYS = ("name", "pretrained_path", "weights_sha256")
+
+
+def text_reference(model: ComposedModel) -> dict[str, Any] | None:
+    "The frozen text backbone `model` names instead of saving it: name, pretrained_path, weights_sha256 (None: it is saved)."
+    te, cfg = model.text_encoder, model.text_cfg
+    if te is None or not te.frozen or not loads_weights(cfg.name): return None
+    if model._backbone_sha is None: model._backbone_sha = weights_sha256(te.backbone)
+    return {"name": cfg.name, "pretrained_path": cfg.pretrained_path, "weights_sha256": model._backbone_sha}
+
+
+def trained_state(model: ComposedModel) -> dict[str, torch.Tensor]:
+    "The tensors a saved model holds: every one but those of a frozen text backbone it names (`text_reference`)."
+    sd = model.state_dict()
+    return sd if text_reference(model) is None else {k: v for k, v in sd.items() if not k.startswith(_BACKBONE)}
+
+
+def check_text_reference(model: ComposedModel,  # the model rebuilt from its config
+                         ref: Any,              # the `text_backbone` entry of its config.json
+                         where: str | Path,     # that config.json (for the message)
+                        ) -> None:
+    "Raise `ModelFileError` naming each field (name, pretrained_path, weights_sha256) in which `model`'s frozen text backbone differs from `ref`."
+    if not isinstance(ref, dict) or any(k not in ref for k in _REF_KEYS):
+        raise ModelFileError(f"{where}: {TEXT_BACKBONE} must be an object with keys {', '.join(_REF_KEYS)}, got {ref!r}")
+    have = text_reference(model)
+    if have is None:
+        raise ModelFileError(f"{where}: names a frozen text backbone ({ref['name']!r}) but its text section builds one whose "
+                             "weights are saved with the model (trainable, or randomly initialised)")
+    diff = [f"{k} {ref[k]!r} when saved, {have[k]!r} now" for k in _REF_KEYS if ref[k] != have[k]]
+    if diff:
+        raise ModelFileError(f"{where}: the frozen text encoder is not the one the model was trained with ({'; '.join(diff)}): "
+                             "restore those text-encoder weights, or train the model again")
+
+
+def write_model(model: ComposedModel,  # the model to write
+                folder: Path,          # an existing folder (e.g. the temporary one of `atomic_dir`)
+               ) -> None:
+    "Write `config.json` (architecture, and the frozen text backbone it names) and `model.safetensors` (the other weights)."
+    write_json(folder / CONFIG_FILE, {**model.config, TEXT_BACKBONE: text_reference(model)})
+    write_safetensors(trained_state(model), folder / WEIGHTS_FILE)
+
+
+def load_model(model: ComposedModel,  # the model of the folder's config
+               folder: Path,          # a folder of `write_model`
+              ) -> None:
+    "Fill `model` from `folder`: a frozen text backbone it names must be the model's own; every saved tensor must fit."
+    ref = read_json_object(folder / CONFIG_FILE).get(TEXT_BACKBONE)
+    sd, _ = read_safetensors(folder / WEIGHTS_FILE)
+    if ref is not None:
+        check_text_reference(model, ref, folder / CONFIG_FILE)
+        sd = {**{k: v for k, v in model.state_dict().items() if k.startswith(_BACKBONE)}, **sd}
+    load_state(model, sd, folder / WEIGHTS_FILE)
+
+
 def save_pretrained(model: ComposedModel,  # the model to save
                     folder: str | Path,    # output folder (replaced atomically)
                    ) -> Path:
-    "Write `config.json` (architecture) and `model.safetensors` (all weights) to `folder`."
-    with atomic_dir(folder) as tmp:
-        write_json(tmp / CONFIG_FILE, model.config)
-        write_weights(model, tmp / WEIGHTS_FILE)
+    "Write `config.json` (architecture) and `model.safetensors` (trained weights) to `folder` (see `write_model`)."
+    with atomic_dir(folder) as tmp: write_model(model, tmp)
     return Path(folder)
+
 
 # %% ../../nbs/25_models.composed.ipynb #f169dad1
 class ArrayEmbeddings:

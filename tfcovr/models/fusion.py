@@ -7,25 +7,37 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 # %% auto #0
-__all__ = ['FusionConfig', 'Combiner', 'AverageFusion', 'ConcatFusion', 'register_fusion', 'create_fusion', 'check_dims']
+__all__ = ['VideoInput', 'FusionConfig', 'Combiner', 'AverageFusion', 'ConcatFusion', 'register_fusion', 'create_fusion',
+           'check_dims']
 
 # %% ../../nbs/23_models.fusion.ipynb #38fb5e55
+VideoInput = Literal["normalised", "raw"]
+
+
 @dataclasses.dataclass
 class FusionConfig:
     name: str = "combiner"   # fusion variant: combiner | average | concat
-    hidden_dim: int = 2048   # Combiner projection and MLP width
+    hidden_dim: int = 2048   # Combiner hidden width H: the combining layer and the gate MLP
     dropout: float = 0.5     # dropout in the Combiner's projections and MLPs
+    projection_dim: int | None = None  # Combiner projection width P of video and text (None: hidden_dim)
+    video_input: VideoInput = "normalised"  # the video embedding fused: L2-normalised, or raw as cached (the paper)
 
     def __post_init__(self):
         if self.name not in _FUSIONS: raise ValueError(f"fusion name must be one of {', '.join(sorted(_FUSIONS))}, got {self.name!r}")
         if self.hidden_dim < 1: raise ValueError(f"fusion hidden_dim must be >= 1, got {self.hidden_dim}")
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ValueError(f"fusion projection_dim must be >= 1 or null, got {self.projection_dim}")
         if not 0 <= self.dropout < 1: raise ValueError(f"fusion dropout must be in [0, 1), got {self.dropout}")
+        if self.video_input not in ("normalised", "raw"):
+            raise ValueError(f"fusion video_input must be normalised or raw, got {self.video_input!r}")
+
 
 # %% ../../nbs/23_models.fusion.ipynb #cba0f8cd
 def _same_dims(video_dim: int, text_dim: int, what: str) -> None:
@@ -44,26 +56,28 @@ class Combiner(nn.Module):
     "CLIP4Cir Combiner: project, concatenate, MLP and learned gate; q = normalize(W_o h + lam t + (1 - lam) v)."
     def __init__(self, video_dim: int,   # D_v, size of the video embedding (and of the output)
                  text_dim: int,          # D_t, size of the text embedding (must equal D_v)
-                 hidden_dim: int,        # projection / MLP width
+                 hidden_dim: int,        # H: width of the combining layer and of the gate MLP
                  dropout: float = 0.5,   # dropout after each ReLU
+                 projection_dim: int | None = None,  # P: width of the video and text projections (None: hidden_dim)
                 ):
         super().__init__()
         _same_dims(video_dim, text_dim, "combiner")
-        self.video_dim, self.text_dim = video_dim, text_dim
-        self.video_proj, self.text_proj = nn.Linear(video_dim, hidden_dim), nn.Linear(text_dim, hidden_dim)
-        self.combine = nn.Linear(2 * hidden_dim, hidden_dim)
+        P = hidden_dim if projection_dim is None else projection_dim
+        self.video_dim, self.text_dim, self.projection_dim, self.hidden_dim = video_dim, text_dim, P, hidden_dim
+        self.video_proj, self.text_proj = nn.Linear(video_dim, P), nn.Linear(text_dim, P)
+        self.combine = nn.Linear(2 * P, hidden_dim)
         self.out = nn.Linear(hidden_dim, video_dim)
-        self.gate_mlp = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+        self.gate_mlp = nn.Sequential(nn.Linear(2 * P, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
                                       nn.Linear(hidden_dim, 1))
         self.drop = nn.Dropout(dropout)
 
     def _features(self, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Concatenated projections c [B, 2H] and gate lambda [B, 1]."
+        "Concatenated projections c [B, 2P] and gate lambda [B, 1]."
         _check_inputs(v, t, self.video_dim, self.text_dim)
-        pv = self.drop(F.relu(self.video_proj(v)))          # [B, H]
-        pt = self.drop(F.relu(self.text_proj(t)))           # [B, H]
-        c = torch.cat([pt, pv], dim=-1)                     # [B, 2H]
-        return c, torch.sigmoid(self.gate_mlp(c))           # [B, 2H], [B, 1]
+        pv = self.drop(F.relu(self.video_proj(v)))          # [B, P]
+        pt = self.drop(F.relu(self.text_proj(t)))           # [B, P]
+        c = torch.cat([pt, pv], dim=-1)                     # [B, 2P]
+        return c, torch.sigmoid(self.gate_mlp(c))           # [B, 2P], [B, 1]
 
     def gate(self, video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         "The gate lambda in (0, 1): [B, 1], the weight of the text in the residual mix."
@@ -79,7 +93,8 @@ class Combiner(nn.Module):
 
 class AverageFusion(nn.Module):
     "Ablation: q = normalize(v + t); no parameters."
-    def __init__(self, video_dim: int, text_dim: int, hidden_dim: int = 0, dropout: float = 0.0):
+    def __init__(self, video_dim: int, text_dim: int, hidden_dim: int = 0, dropout: float = 0.0,
+                 projection_dim: int | None = None):
         super().__init__()
         _same_dims(video_dim, text_dim, "average fusion")
         self.video_dim, self.text_dim = video_dim, text_dim
@@ -91,7 +106,8 @@ class AverageFusion(nn.Module):
 
 class ConcatFusion(nn.Module):
     "Ablation: q = normalize(W [v; t]), one linear layer from D_v + D_t to D_v."
-    def __init__(self, video_dim: int, text_dim: int, hidden_dim: int = 0, dropout: float = 0.0):
+    def __init__(self, video_dim: int, text_dim: int, hidden_dim: int = 0, dropout: float = 0.0,
+                 projection_dim: int | None = None):
         super().__init__()
         self.video_dim, self.text_dim = video_dim, text_dim
         self.proj = nn.Linear(video_dim + text_dim, video_dim)
@@ -105,7 +121,7 @@ _FUSIONS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_fusion(name: str, cls: Callable[..., nn.Module]) -> None:
-    "Register a fusion class under `name`; registering a name twice raises."
+    "Register a fusion class under `name` (called as `cls(video_dim, text_dim, hidden_dim, dropout, projection_dim=...)`); a name twice raises."
     if name in _FUSIONS: raise ValueError(f"fusion {name!r} is already registered")
     _FUSIONS[name] = cls
 
@@ -116,12 +132,13 @@ for _n, _c in (("combiner", Combiner), ("average", AverageFusion), ("concat", Co
 def create_fusion(name: str,           # combiner | average | concat
                   video_dim: int,      # D_v
                   text_dim: int,       # D_t (the text encoder's out_dim)
-                  hidden_dim: int,     # Combiner width (ignored by the ablations)
+                  hidden_dim: int,     # Combiner hidden width H (ignored by the ablations)
                   dropout: float = 0.5,  # Combiner dropout (ignored by the ablations)
+                  projection_dim: int | None = None,  # Combiner projection width P (None: hidden_dim; ignored by the ablations)
                  ) -> nn.Module:
     "Build the fusion module `name`: forward(video [B, D_v], text [B, D_t]) -> [B, D_v], unit rows."
     if name not in _FUSIONS: raise ValueError(f"unknown fusion {name!r}; known: {', '.join(sorted(_FUSIONS))}")
-    return _FUSIONS[name](video_dim, text_dim, hidden_dim, dropout)
+    return _FUSIONS[name](video_dim, text_dim, hidden_dim, dropout, projection_dim=projection_dim)
 
 # %% ../../nbs/23_models.fusion.ipynb #dd60c088
 def check_dims(checkpoint_dim: int | None,  # video embedding size of the Stage-1 checkpoint (None: not known)

@@ -18,8 +18,8 @@ from torch import nn
 from ..data.textenc import MINILM, load_text_model, minilm_dir
 
 # %% auto #0
-__all__ = ['Pooling', 'spell_numbers', 'clean_caption', 'TextEncoder', 'register_text_encoder', 'list_text_encoders',
-           'create_text_encoder', 'TextConfig']
+__all__ = ['Pooling', 'spell_numbers', 'clean_caption', 'TextEncoder', 'register_text_encoder', 'loads_weights',
+           'list_text_encoders', 'create_text_encoder', 'TextConfig']
 
 # %% ../../nbs/22_models.text.ipynb #494b3c8e
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -125,15 +125,25 @@ class TextEncoder(nn.Module):
 
 # %% ../../nbs/22_models.text.ipynb #df0da7fe
 _TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {}
+_RANDOM_INIT: set[str] = set()  # names whose backbone starts from random weights
 
 
-def register_text_encoder(name: str) -> Callable:
+def register_text_encoder(name: str,             # the name a config uses
+                          pretrained: bool = True,  # the builder loads fixed weights (False: random initialisation)
+                         ) -> Callable:
     "Decorator: register a text-encoder builder under `name`; registering a name twice raises."
     def deco(fn: Callable[..., TextEncoder]) -> Callable[..., TextEncoder]:
         if name in _TEXT_ENCODERS: raise ValueError(f"text encoder {name!r} is already registered")
         _TEXT_ENCODERS[name] = fn
+        if not pretrained: _RANDOM_INIT.add(name)
         return fn
     return deco
+
+
+def loads_weights(name: str) -> bool:
+    "Whether the encoder `name` loads fixed weights: the same name and pretrained_path rebuild the same backbone."
+    if name not in _TEXT_ENCODERS: raise ValueError(f"unknown text encoder {name!r}; known: {', '.join(list_text_encoders())}")
+    return name not in _RANDOM_INIT
 
 
 def list_text_encoders() -> list[str]:
@@ -187,7 +197,7 @@ def _clip(out_dim: int, pretrained_path=None, freeze: bool = False, **kw) -> Tex
     return TextEncoder(model, tok, model.config.projection_dim, out_dim, **{"pooling": "clip", **kw}, freeze=freeze)
 
 
-@register_text_encoder("bert-tiny")
+@register_text_encoder("bert-tiny", pretrained=False)
 def _bert_tiny(out_dim: int, pretrained_path=None, freeze: bool = False, **kw) -> TextEncoder:
     from transformers import BertConfig, BertModel
     tok = _minilm_tokenizer()
@@ -196,7 +206,7 @@ def _bert_tiny(out_dim: int, pretrained_path=None, freeze: bool = False, **kw) -
     return TextEncoder(BertModel(cfg, add_pooling_layer=False), tok, 32, out_dim, **kw, freeze=freeze)
 
 
-@register_text_encoder("blip-tiny")
+@register_text_encoder("blip-tiny", pretrained=False)
 def _blip_tiny(out_dim: int, pretrained_path=None, freeze: bool = False, **kw) -> TextEncoder:
     from transformers import BlipTextConfig
     from transformers.models.blip.modeling_blip_text import BlipTextModel

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..models.aim import AIMVariant, aim_cfg, preprocess
@@ -24,7 +24,7 @@ from ..data.video import (SHORT, VideoError, VideoRoots, handle_short, load_clip
                           video_length, write_mp4)
 
 # %% auto #0
-__all__ = ['class_index', 'crop_box', 'augment_clip', 'ClipDataset']
+__all__ = ['TRAIN_FRAMES', 'INTERPOLATIONS', 'class_index', 'crop_box', 'augment_clip', 'ClipDataset']
 
 # %% ../../nbs/41_train.clips.ipynb #150631b5
 def class_index(labels: pd.DataFrame,  # a labels table (`label_id` column)
@@ -58,11 +58,13 @@ def augment_clip(frames: torch.Tensor,                      # [T, H, W, 3] uint8
                  scale: tuple[float, float] = (0.5, 1.0),   # crop area range
                  hflip: bool = True,                        # flip the clip horizontally with probability 1/2
                  randaugment: tuple[int, int] | None = None, # (num_ops, magnitude), or None
+                 interpolation: str = "bilinear",           # resize filter of the crop: "bilinear" or "bicubic" (antialiased)
                  ) -> torch.Tensor:                         # [T, size, size, 3] uint8
     "One crop box, one flip and one RandAugment policy per clip, applied to every frame alike."
     T, H, W, _ = frames.shape
     top, left, ch, cw = crop_box(H, W, g, scale)
-    x = TF.resized_crop(frames.permute(0, 3, 1, 2), top, left, ch, cw, [size, size], antialias=True)  # [T, 3, size, size]
+    x = TF.resized_crop(frames.permute(0, 3, 1, 2), top, left, ch, cw, [size, size], interpolation=InterpolationMode(interpolation),
+                        antialias=True)                       # [T, 3, size, size]
     if g.random() < 0.5 and hflip: x = TF.horizontal_flip(x)
     if randaugment is not None:
         with torch.random.fork_rng(devices=[]):               # RandAugment draws from torch's generator: seed it from g
@@ -71,6 +73,10 @@ def augment_clip(frames: torch.Tensor,                      # [T, H, W, 3] uint8
     return x.permute(0, 2, 3, 1).contiguous()
 
 # %% ../../nbs/41_train.clips.ipynb #2e680222
+TRAIN_FRAMES = ("random", "centre")        # training clips: a random frame in each equal segment, or each segment's centre frame
+INTERPOLATIONS = ("bilinear", "bicubic")  # resize filters (antialiased); the published extractor resizes bicubic
+
+
 class ClipDataset(Dataset):
     "Clips of labels-table rows as classifier inputs: normalised frames [T, 3, size, size] and the class index."
 
@@ -79,18 +85,22 @@ class ClipDataset(Dataset):
                  video_roots: VideoRoots,                   # one folder, or dataset -> folder
                  num_frames: int,                           # frames per clip, one per equal segment
                  size: int,                                 # square input side
-                 train: bool,                               # random offsets + augmentation (else centres, no augmentation)
+                 train: bool,                               # augmented training clips (else centres, no augmentation)
                  seed: int,                                 # the project seed
                  classes: Sequence[str] | None = None,      # class list (default: `class_index(labels)`)
                  variant: AIMVariant | str = "aim-tiny",    # whose mean/std normalise the frames
                  crop_scale: tuple[float, float] = (0.5, 1.0), # RandomResizedCrop area range (train)
                  hflip: bool = True,                        # random horizontal flip (train)
                  randaugment: tuple[int, int] | None = None, # RandAugment (num_ops, magnitude) (train), None: off
-                 cache: bool = False,                       # keep every decoded video in memory
+                 cache: bool = False,                       # keep the decoded frames a clip can use in memory (see `cache_bytes`)
                  short: str = "warn",                       # a video with fewer than num_frames frames: "warn", "error", "repeat"
+                 train_frames: str = "random",              # training frames: "random" offset in each segment, or "centre" (the evaluation's)
+                 interpolation: str = "bilinear",           # resize filter, "bilinear" or "bicubic" (antialiased)
                  ):
         if num_frames < 1 or size < 1: raise ValueError(f"num_frames and size must be >= 1, got {num_frames}, {size}")
         if short not in SHORT: raise ValueError(f"short must be one of {', '.join(SHORT)}, got {short!r}")
+        if train_frames not in TRAIN_FRAMES: raise ValueError(f"train_frames must be one of {', '.join(TRAIN_FRAMES)}, got {train_frames!r}")
+        if interpolation not in INTERPOLATIONS: raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
         self.rows = labels.reset_index(drop=True)
         self.classes = list(classes) if classes is not None else class_index(self.rows)
         pos = {c: i for i, c in enumerate(self.classes)}
@@ -101,30 +111,55 @@ class ClipDataset(Dataset):
         self.variant = aim_cfg(variant) if isinstance(variant, str) else variant
         self.num_frames, self.size, self.train, self.seed = num_frames, size, train, seed
         self.crop_scale, self.hflip, self.randaugment = tuple(crop_scale), hflip, randaugment
+        self.train_frames, self.interpolation = train_frames, interpolation
         self.epoch, self.cache, self.short = 0, {} if cache else None, short
+
+    @property
+    def mode(self) -> str:
+        "How frames are picked in their segments: 'random' (training with random offsets) or 'center'."
+        return "random" if self.train and self.train_frames == "random" else "center"
 
     def set_epoch(self, epoch: int) -> None:
         "Select the random draws of epoch `epoch`."
         self.epoch = int(epoch)
 
+    def set_cache(self, on: bool) -> None:
+        "Turn the in-memory cache on (empty) or off (dropping what it holds)."
+        self.cache = {} if on else None
+
     def __len__(self) -> int: return len(self.rows)
 
-    def _load(self, idx: int, mode: str, g: np.random.Generator | None, size: int | None) -> torch.Tensor:
-        "`load_clip` of row `idx`, from the in-memory copy of the whole video when caching."
-        if self.cache is None: return load_clip(self.paths[idx], self.num_frames, size, mode=mode, rng=g, short=self.short)
-        if idx not in self.cache:
-            path = self.paths[idx]
-            self.cache[idx] = load_clip(path, video_length(path), None)   # every frame, in order
+    def _load(self, idx: int, g: np.random.Generator | None, size: int | None) -> torch.Tensor:
+        "`load_clip` of row `idx`, from memory when caching: the whole video (random offsets) or the clip's fixed frames."
+        path, kw = self.paths[idx], dict(interpolation=self.interpolation)
+        if self.cache is None: return load_clip(path, self.num_frames, size, mode=self.mode, rng=g, short=self.short, **kw)
+        if self.mode == "center":                               # the same frames every epoch: keep just those
+            if idx not in self.cache: self.cache[idx] = load_clip(path, self.num_frames, size, mode="center", short=self.short, **kw)
+            return self.cache[idx].clone()                      # the caller may change its clip, never the cache
+        if idx not in self.cache: self.cache[idx] = load_clip(path, video_length(path), None)   # every frame, in order
         video = self.cache[idx]
-        handle_short(self.paths[idx], len(video), self.num_frames, self.short)
-        return resize_clip(video[segment_indices(len(video), self.num_frames, mode, g)], size)
+        handle_short(path, len(video), self.num_frames, self.short)
+        return resize_clip(video[segment_indices(len(video), self.num_frames, "random", g)], size, **kw)
 
     def clip(self, idx: int) -> torch.Tensor:  # [T, size, size, 3] uint8
         "The uint8 clip of row `idx` as the model will see it (before normalisation)."
-        if not self.train: return self._load(idx, "center", None, self.size)
+        if not self.train: return self._load(idx, None, self.size)
         g = rng(self.seed, "epoch", self.epoch, "clip", idx)
-        frames = self._load(idx, "random", g, None)
-        return augment_clip(frames, self.size, g, self.crop_scale, self.hflip, self.randaugment)
+        frames = self._load(idx, g, None)
+        return augment_clip(frames, self.size, g, self.crop_scale, self.hflip, self.randaugment, self.interpolation)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:  # [T, 3, size, size] float32, class
         return preprocess(self.clip(idx), self.variant), self.targets[idx]
+
+    def cache_bytes(self, probe: int = 8) -> int:
+        "Decoded bytes of the full cache: clips x frames kept x H x W x 3, frames and H x W measured on `probe` clips spread over the rows."
+        n = len(self.paths)
+        if n == 0: return 0
+        if not self.train: return n * self.num_frames * self.size * self.size * 3       # resized evaluation clips: exact
+        per_clip = []
+        for i in np.unique(np.linspace(0, n - 1, min(max(probe, 1), n)).round().astype(int)):
+            h, w = load_clip(self.paths[i], 1, None, short="repeat").shape[1:3]
+            kept = video_length(self.paths[i]) if self.mode == "random" else self.num_frames
+            per_clip.append(kept * h * w * 3)
+        return int(round(float(np.mean(per_clip)) * n))
+
