@@ -132,7 +132,7 @@ def stage2(c: dict, dev: torch.device) -> dict:
     from tfcovr.train.common import param_groups
     B, D = c["s2_batch"], 768
     text = TextConfig(name="minilm", pretrained_path=None, freeze=True, max_length=64)
-    fusion = FusionConfig(name="combiner", hidden_dim=512, dropout=0.5)
+    fusion = FusionConfig(name="combiner", hidden_dim=6144, projection_dim=3072, dropout=0.5, video_input="raw")   # the published widths
     torch.manual_seed(0)
     model = ComposedModel(D, "fusion", text, fusion).to(dev).train()
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
@@ -148,7 +148,7 @@ def stage2(c: dict, dev: torch.device) -> dict:
         loss = loss_fn(model.encode_query(qv, texts), model.encode_target(tv), same)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     sec = timed(step, c["s2_steps"], c["warmup"], dev)
-    return {"batch": B, "dim": D, "text": "minilm (frozen, cached)", "fusion": "combiner 512", "loss": "hnnce",
+    return {"batch": B, "dim": D, "text": "minilm (frozen, cached)", "fusion": "combiner 3072/6144, raw video", "loss": "hnnce",
             "steps_per_s": round(1 / sec, 2), "step_ms": round(1000 * sec, 2), "peak_gpu_mib": peak_mib(dev)}
 
 

@@ -55,7 +55,9 @@ def to_openai_clip(sd):
 
 
 def test_registry():
-    assert {"aim-b16", "aim-b16-1f", "aim-tiny", "aim-tiny-1f"} <= set(list_aims())
+    assert {"aim-b16", "aim-b16-1f", "aim-tiny", "aim-tiny-1f", "aim-tiny-clip"} <= set(list_aims())
+    clip = aim_cfg("aim-tiny-clip")   # aim-b16's layout, tiny: the published-checkpoint tests use it
+    assert (clip.pre_norm, clip.act_layer, clip.num_frames, clip.img_size) == (True, "quick_gelu", 3, 32)
     with pytest.raises(ValueError, match="known: .*aim-b16"): create_aim("aim-b8")
     with pytest.raises(ValueError, match="already registered"): register_aim(aim_cfg("aim-tiny"))
     b16 = aim_cfg("aim-b16")
@@ -255,6 +257,21 @@ def test_config(frames):
                      ({"num_frames": 0}, r"num_frames must be in 1\.\.64, got 0"), ({"drop_rate": 1.0}, "drop_rate must be in"),
                      ({"num_frames": 1_000_000_000}, r"aim: num_frames must be in 1\.\.64, got 1000000000")]:
         with pytest.raises(ParamsError, match=msg): from_dict(AIMConfig, {**good, **bad}, "aim")
+
+
+def test_config_freeze_follows_the_weights(tmp_path, frames):
+    path = tmp_path / "vit.pth"
+    torch.save(plain_vit().state_dict(), path)
+    base = dict(name="aim-tiny", num_frames=8, pretrained=False, checkpoint_path=None, freeze_backbone=None,
+                drop_path_rate=0.0, drop_rate=0.0)
+    cases = [(None, None, False), (None, path, True), (False, path, False), (True, path, True), (False, None, False)]
+    for freeze, ckpt, frozen in cases:
+        cfg = from_dict(AIMConfig, {**base, "freeze_backbone": freeze, "checkpoint_path": ckpt and str(ckpt)}, "aim")
+        m = cfg.build(num_classes=3)
+        assert cfg.frozen == m.freeze_backbone == frozen, (freeze, ckpt)
+        assert (m.param_counts()["frozen"] > 0) == frozen
+    with pytest.raises(ParamsError, match="frozen random backbone"): from_dict(AIMConfig, {**base, "freeze_backbone": True}, "aim")
+    with pytest.raises(ParamsError, match="expected bool or None"): from_dict(AIMConfig, {**base, "freeze_backbone": "yes"}, "aim")
 
 
 def test_temporal_branch_matches_explicit_loop():

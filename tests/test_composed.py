@@ -169,3 +169,88 @@ def test_a_broken_torch_state_is_one_line(tmp_path):
     with pytest.raises(ModelFileError, match="s.pt: not readable, truncated or corrupt"): read_torch_state(tmp_path / "s.pt")
     torch.save([1], tmp_path / "l.pt")
     with pytest.raises(ModelFileError, match="l.pt: expected a dict, got a list"): read_torch_state(tmp_path / "l.pt")
+
+
+def blip_folder(path: Path) -> Path:
+    "A local BLIP text-model folder (save_pretrained layout) of the tiny random BLIP: what `text.pretrained_path` names."
+    torch.manual_seed(7)
+    from tfcovr.models.text import create_text_encoder
+    tiny = create_text_encoder("blip-tiny", 16)
+    tiny.backbone.save_pretrained(path); tiny.tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_frozen_pretrained_backbone_is_named_and_checked(tmp_path):
+    "A frozen `blip` from a local folder is named in config.json, not stored; other weights in that folder are refused by digest."
+    from tfcovr.models.aim import weights_sha256
+    from tfcovr.models.composed import TEXT_BACKBONE, text_reference
+    path = str(blip_folder(tmp_path / "blip"))
+    torch.manual_seed(0)
+    m = ComposedModel(32, "fusion", TextConfig("blip", path, True, 16), COMBINER).eval()
+    ref = {"name": "blip", "pretrained_path": path, "weights_sha256": weights_sha256(m.text_encoder.backbone)}
+    assert text_reference(m) == ref
+    m.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())[TEXT_BACKBONE] == ref
+    assert not [k for k in safetensors_header(tmp_path / "m" / "model.safetensors")[0] if k.startswith("text_encoder.backbone.")]
+    v = torch.randn(4, 32)
+    assert torch.allclose(ComposedModel.from_pretrained(tmp_path / "m").encode_query(v, TEXTS), m.encode_query(v, TEXTS), atol=1e-6)
+    from safetensors.torch import load_file, save_file                      # the folder's weights change after training
+    w = tmp_path / "blip" / "model.safetensors"
+    sd = load_file(str(w)); sd["embeddings.word_embeddings.weight"][0, 0] += 1.0; save_file(sd, str(w), metadata={"format": "pt"})
+    with pytest.raises(ModelFileError) as e: ComposedModel.from_pretrained(tmp_path / "m")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'm' / 'config.json'}: the frozen text encoder is not the one the model was trained with ")
+    assert f"weights_sha256 '{ref['weights_sha256']}' when saved" in msg, msg
+    assert "name 'blip' when saved" not in msg and "pretrained_path" not in msg, msg          # name and path are the same
+    c = json.loads((tmp_path / "m" / "config.json").read_text())           # a text section that trains its backbone names none
+    c["text"]["freeze"] = False
+    (tmp_path / "m" / "config.json").write_text(json.dumps(c))
+    with pytest.raises(ModelFileError, match="names a frozen text backbone \\('blip'\\) but its text section builds one whose weights are saved"):
+        ComposedModel.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("text", [TextConfig("bert-tiny", None, True, 16), BERT_TINY], ids=["random-frozen", "trainable"])
+def test_a_trainable_or_random_backbone_is_saved_in_full(tmp_path, text):
+    from tfcovr.models.composed import text_reference
+    torch.manual_seed(0)
+    m = ComposedModel(32, "fusion", text, COMBINER).eval()
+    assert text_reference(m) is None
+    m.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["text_backbone"] is None
+    assert set(safetensors_header(tmp_path / "m" / "model.safetensors")[0]) == set(m.state_dict())
+    torch.manual_seed(1)                                                    # another random start: the saved weights win
+    v = torch.randn(4, 32)
+    assert torch.allclose(ComposedModel.from_pretrained(tmp_path / "m").encode_query(v, TEXTS), m.encode_query(v, TEXTS), atol=1e-6)
+
+
+def test_a_folder_written_before_the_named_backbone_still_loads(tmp_path):
+    "Every tensor stored, no text_backbone key, a fusion section without projection_dim and video_input: it loads as it was."
+    m = combiner_model()
+    (tmp_path / "m").mkdir()
+    c = m.config; c["fusion"] = {k: c["fusion"][k] for k in ("name", "hidden_dim", "dropout")}
+    write_json(tmp_path / "m" / "config.json", c)
+    write_safetensors(m.state_dict(), tmp_path / "m" / "model.safetensors")
+    old = ComposedModel.from_pretrained(tmp_path / "m")
+    assert old.fusion_cfg == COMBINER and old.fusion_cfg.video_input == "normalised"
+    v = torch.randn(3, 32)
+    assert torch.allclose(old.encode_query(v, TEXTS[:3]), m.encode_query(v, TEXTS[:3]), atol=1e-6)
+
+
+def test_the_published_combiner_widths_and_raw_video_input(tmp_path):
+    "projection_dim and hidden_dim apart, fed the raw video: layer shapes as CLIP4Cir, the raw scale reaches the query, round trip."
+    torch.manual_seed(0)
+    m = ComposedModel(32, "fusion", MINILM, FusionConfig("combiner", 80, 0.5, 48, "raw")).eval()
+    f = m.fusion
+    assert (f.video_proj.weight.shape, f.text_proj.weight.shape, f.combine.weight.shape, f.out.weight.shape) == (
+        (48, 32), (48, 32), (80, 96), (32, 80))
+    assert (f.gate_mlp[0].weight.shape, f.gate_mlp[3].weight.shape) == ((80, 96), (1, 80))
+    v = torch.randn(4, 32)
+    assert not torch.allclose(m.encode_query(5 * v, TEXTS), m.encode_query(v, TEXTS), atol=1e-3)
+    t = m.encode_text(TEXTS)
+    assert torch.allclose(m.encode_query(v, TEXTS), f(v, t), atol=1e-6)              # the fusion saw v itself
+    m.save_pretrained(tmp_path / "m")
+    m2 = ComposedModel.from_pretrained(tmp_path / "m")
+    assert m2.config == m.config and torch.allclose(m2.encode_query(v, TEXTS), m.encode_query(v, TEXTS), atol=1e-6)
+    normalised = ComposedModel(32, "fusion", MINILM, FusionConfig("combiner", 80, 0.5, 48, "normalised")).eval()
+    normalised.load_state_dict(m.state_dict())
+    assert torch.allclose(normalised.encode_query(5 * v, TEXTS), normalised.encode_query(v, TEXTS), atol=1e-5)

@@ -108,3 +108,22 @@ def test_stage_deps_are_its_import_closure(name):
 def test_every_stage_notebook_is_a_stage():
     used = {stage_notebook(s).name for s in stages().values()}
     assert used == {p.name for p in (ROOT / "nbs" / "stages").glob("*.ipynb")}
+
+
+@pytest.mark.parametrize("name", list(stages()))
+def test_every_stage_follows_the_preset(name):
+    "A preset changes what every stage reads: each stage depends on the shipped presets and on `preset` and `override`."
+    stage = stages()[name]
+    assert "tfcovr/presets" in stage["deps"], f"stage {name!r} does not depend on tfcovr/presets"
+    params = stage["params"]
+    whole_file = any(isinstance(p, dict) and "params.yaml" in p for p in params)
+    assert whole_file or {"preset", "override"} <= set(params), f"stage {name!r} does not read preset and override"
+
+
+def test_no_stage_hashes_the_raw_data():
+    "Stages that read clips depend on the manifest of the raw data, never on the data folder itself."
+    for name, stage in stages().items():
+        assert not any(str(d).startswith(("data/raw", "${data.root}")) for d in stage["deps"]), name
+    readers = [n for n, s in stages().items() if "data/build/raw_manifest.json" in s["deps"]]
+    assert {"labels", "stage1", "embed", "report"} <= set(readers), readers
+    assert stages()["manifest"].get("always_changed") is True

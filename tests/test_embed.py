@@ -1,5 +1,5 @@
 """The embedding cache end to end: torchrun sharding, resumption after an interruption, failures that are never skipped,
-and the image baseline's N-frame embeddings of a 1-frame model."""
+the image baseline's N-frame embeddings of a 1-frame model, and the resize filter (`embed.interpolation`)."""
 import json
 import os
 import re
@@ -42,7 +42,7 @@ def test_two_processes_shard_the_videos_and_match_one_process(toy, tmp_path):
     root, labels = toy
     params = tmp_path / "params.yaml"
     params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: null, model: "
-                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n")
+                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bilinear\n")
     script = tmp_path / "embed.py"
     script.write_text("import sys\nfrom tfcovr.cli import main\nsys.exit(main(['embed', *sys.argv[1:]]))\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), "untrained",
@@ -187,8 +187,36 @@ def test_a_multi_frame_model_with_another_frame_count_is_an_error_naming_the_enc
         build_encoder(EncoderSpec(checkpoint=ckpt, num_frames=2), 0, "cpu", name="aim8")
     params = tmp_path / "params.yaml"                                            # an untrained model is checked with the params
     params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: 12, model: "
-                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n")
+                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bilinear\n")
     with pytest.raises(ParamsError, match="embed.encoders.untrained: model aim-tiny: num_frames 12 differs from the model's 4"):
         load_params(params, {"seed": int, "embed": EmbedConfig}, strict=False)
     with pytest.raises(ValueError, match=r"num_frames must be in 1\.\.64 or null, got 0"):
         EncoderSpec(checkpoint=ckpt, num_frames=0)
+
+
+def test_embed_interpolation_bicubic_reaches_the_frames_and_the_key(tmp_path):
+    "96-pixel videos, so that the 64-pixel model resizes them: bicubic frames, a bicubic key, other embeddings than bilinear."
+    labels = toy_clips(tmp_path / "videos", per_split={"train": 1}, side=96)
+    labels.to_parquet(tmp_path / "labels.parquet")
+    params = tmp_path / "params.yaml"
+    text = ("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: null, model: "
+            f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bicubic\n")
+    params.write_text(text)
+    args = ["--params", str(params), "--labels", str(tmp_path / "labels.parquet"), "--root", str(tmp_path / "videos")]
+    assert E.embed_main(["untrained", *args, "--cache-root", str(tmp_path / "bicubic"), "--pointer", str(tmp_path / "bicubic.json")]) == 0
+    bicubic = load_embeddings(tmp_path / "bicubic.json")
+    assert bicubic.meta["preprocessing"]["resize"] == "shorter side, centre crop, bicubic antialias"
+    enc = untrained_encoder(AIMConfig(**MODEL), seed=0, device="cpu", interpolation="bicubic")
+    path = tmp_path / "videos" / "toy_train_up_0.mp4"
+    assert bicubic.meta["key"] == enc.key and enc.key != encoder().key
+    clip = enc.clip(path)
+    assert clip.dtype == torch.uint8 and torch.equal(clip, load_clip(path, 4, 64, interpolation="bicubic"))
+    assert not torch.equal(clip, encoder().clip(path))
+    np.testing.assert_allclose(bicubic.lookup(["toy_train_up_0"])[0], enc(path), rtol=1e-5, atol=1e-6)
+    params.write_text(text.replace("interpolation: bicubic", "interpolation: bilinear"))
+    assert E.embed_main(["untrained", *args, "--cache-root", str(tmp_path / "bilinear"), "--pointer", str(tmp_path / "bilinear.json")]) == 0
+    bilinear = load_embeddings(tmp_path / "bilinear.json")
+    assert bilinear.meta["key"] == encoder().key                                 # bilinear: the default encoder
+    assert not np.allclose(bilinear.emb, bicubic.emb, atol=1e-4)
+    with pytest.raises(ValueError, match="interpolation must be one of bilinear, bicubic, got 'lanczos'"):
+        EmbedConfig({"x": EncoderSpec(checkpoint=Path("m"))}, interpolation="lanczos")

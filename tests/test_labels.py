@@ -3,8 +3,10 @@ the error cases on small files, and the `labels` stage run through papermill on 
 import collections
 import functools
 import importlib.resources
+import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from tfcovr.data.attributes import Attributes, add_attributes, diff_attributes, is_complete, parse_label
 from tfcovr.data.fetch import real_labels_config
@@ -45,7 +48,10 @@ def test_real_finediving_counts(real_clips):
     assert d.groupby("split").label_id.nunique().to_dict() == {"train": 52, "test": 44}
     assert d.source_video.nunique() == 135
     assert (d.video_key == d.source_video + "/" + d.video_id.str.rsplit("_", n=1).str[1]).all()
-    assert set(d.event) == {"springboard", "platform", "diving"}
+    assert d.event.value_counts().to_dict() == {"platform": 1824, "springboard": 1176}   # numbered folders too (dive_events)
+    numbered = d[d.source_video.str.fullmatch(r"\d+")]
+    assert len(numbered) == 1369 and numbered.event.value_counts().to_dict() == {"platform": 1024, "springboard": 345}
+    assert numbered.groupby("source_video").event.nunique().to_dict()["26"] == 2      # a springboard event, then a platform one
 
 
 def test_real_label_texts(real_clips):
@@ -289,9 +295,14 @@ def test_diff_attributes_names_the_change():
 
 # ---- stage --------------------------------------------------------------------------------------------------
 
-def test_labels_stage_writes_parquet(root, tmp_path, gym_files):
+def _stage_inputs(tmp_path: Path, gym_files: Path, on_missing: str = "error") -> Path:
+    "A tiny benchmark (4 FineGym clips, 3 dives) whose every clip is a one-frame JPEG folder; returns its params file."
     write_diving(tmp_path / "fd", {"train": [("Women10m_final", 1), ("Women10m_final", 2)], "val": [("Women10m_final", 3)]})
     (gym_files / "val.txt").write_text("bbbbbbbbbbb_E_000010_000020_A_0001_0003 1\nccccccccccc_E_000010_000020_A_0001_0003 0\n")
+    keys = [("clips", l.split()[0]) for f in ("train.txt", "val.txt") for l in (gym_files / f).read_text().splitlines()]
+    for root, key in keys + [("fd", f"Women10m_final/{i}") for i in (1, 2, 3)]:
+        (tmp_path / root / key).mkdir(parents=True)
+        Image.fromarray(np.full((16, 16, 3), 100, np.uint8)).save(tmp_path / root / key / "00001.jpg")
     (tmp_path / "params.yaml").write_text(f"""
 seed: 0
 data:
@@ -312,13 +323,21 @@ data:
     real: {{finegym: {tmp_path / 'clips'}, finediving: {tmp_path / 'fd'}}}
     synth: {{finegym: {tmp_path / 'clips'}, finediving: {tmp_path / 'fd'}}}
   splits: {{exclusive_sources: true, val_from_train: 0.2, test_from_val: 0.5}}
+  on_missing: {on_missing}
 """)
-    out = tmp_path / "labels.parquet"
-    r = subprocess.run([str(Path(sys.executable).parent / "papermill"), "--no-progress-bar", "nbs/stages/labels.ipynb",
-                        str(tmp_path / "executed.ipynb"), "-p", "params_file", str(tmp_path / "params.yaml"), "-p", "out", str(out)],
-                       cwd=root, capture_output=True, text=True)
+    return tmp_path / "params.yaml"
+
+
+def _run_stage(root: Path, tmp_path: Path, params: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "papermill"), "--no-progress-bar", "nbs/stages/labels.ipynb",
+                           str(tmp_path / "executed.ipynb"), "-p", "params_file", str(params), "-p", "out", str(tmp_path / "labels.parquet"),
+                           "-p", "dropped", str(tmp_path / "dropped.json"), "-p", "workers", "2"], cwd=root, capture_output=True, text=True)
+
+
+def test_labels_stage_writes_parquet(root, tmp_path, gym_files):
+    r = _run_stage(root, tmp_path, _stage_inputs(tmp_path, gym_files))
     assert r.returncode == 0, r.stderr[-3000:]
-    df = pd.read_parquet(out)
+    df = pd.read_parquet(tmp_path / "labels.parquet")
     assert len(df) == 7
     assert df.groupby(["dataset", "original_split"]).size().to_dict() == {
         ("finediving", "train"): 2, ("finediving", "val"): 1, ("finegym", "train"): 2, ("finegym", "val"): 2}
@@ -331,3 +350,30 @@ data:
         ["Women10m_final/3", "platform", 3.5]
     assert df.attr_complete.all()
     assert not list(tmp_path.glob(".labels*"))   # no temporary file left behind
+    report = json.loads((tmp_path / "dropped.json").read_text())
+    assert (report["checked"], report["dropped"], report["clips"]) == (7, 0, [])
+
+
+def test_labels_stage_missing_clips(root, tmp_path, gym_files):
+    "A missing and a corrupt clip: `error` stops the stage naming both; `drop` builds without them and lists them."
+    params = _stage_inputs(tmp_path, gym_files)
+    gone, bad = "bbbbbbbbbbb_E_000010_000020_A_0001_0003", tmp_path / "fd" / "Women10m_final" / "2" / "00001.jpg"
+    shutil.rmtree(tmp_path / "clips" / gone)
+    bad.write_bytes(b"not a jpeg")
+    r = _run_stage(root, tmp_path, params)
+    assert r.returncode != 0 and not (tmp_path / "labels.parquet").exists()
+    assert f"MissingVideosError: 2 of 7 clips are missing or unreadable (the full list: {tmp_path / 'dropped.json'})" in r.stdout + r.stderr
+    assert json.loads((tmp_path / "dropped.json").read_text())["missing_or_unreadable"] == 2
+    params.write_text(params.read_text().replace("on_missing: error", "on_missing: drop"))
+    r = _run_stage(root, tmp_path, params)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "labels.parquet")
+    assert len(df) == 5 and not {gone, "Women10m_final_2"} & set(df.video_id)
+    report = json.loads((tmp_path / "dropped.json").read_text())
+    assert {k: report[k] for k in ("on_missing", "checked", "dropped")} == {"on_missing": "drop", "checked": 7, "dropped": 2}
+    assert report["counts"] == {"dataset": {"finediving": 1, "finegym": 1}, "split": {"train": 1, "val": 1},
+                                "reason": {"missing": 1, "unreadable": 1}}
+    assert [(c["video_key"], c["dataset"], c["split"], c["label"], c["reason"]) for c in report["clips"]] == [
+        (gone, "finegym", "val", "(FX) split leap with 1 turn", "missing"),
+        ("Women10m_final/2", "finediving", "train", "Forward, 3.5 Soms.Pike, Entry", "unreadable")]
+    assert report["clips"][1]["path"] == str(bad.parent) and report["clips"][1]["problem"].startswith("00001.jpg: corrupt JPEG frame")

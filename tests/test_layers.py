@@ -1,12 +1,12 @@
 """The package's shape is the paper's: `tfcovr.data` -> `tfcovr.models` -> `tfcovr.eval` -> `tfcovr.train`, with `core` below
-all and `pipeline`, `cli` (and the test fixtures of `toys`) above. Imports run one way, read from the code with `ast`."""
+all and `pipeline`, `cli` (and the test fixtures of `toys` and `rehearsal`) above. Imports run one way, read from the code with `ast`."""
 import ast
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"core": 0, "data": 1, "models": 2, "eval": 3, "train": 4, "toys": 5, "pipeline": 5, "cli": 5}
+LAYERS = {"core": 0, "data": 1, "models": 2, "eval": 3, "train": 4, "toys": 5, "rehearsal": 5, "pipeline": 5, "cli": 5}
 TRAIN_USERS = {"pipeline", "cli"}                      # the only modules outside tfcovr.train that may import it
 
 

@@ -38,7 +38,7 @@ def test_duplicate_key_is_rejected_with_its_line(root, tmp_path, capsys):
 
 def test_duplicate_section_is_rejected(root, tmp_path, capsys):
     p = edited(root, tmp_path, "seed: 0 ", "seed: 1\nseed: 0 ")
-    assert "line 3: seed: duplicate key (first at line 2" in params_error(p, capsys)
+    assert "line 6: seed: duplicate key (first at line 5" in params_error(p, capsys)
 
 
 def test_merge_keys_may_still_be_overridden(root, tmp_path, capsys):

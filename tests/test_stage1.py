@@ -1,11 +1,15 @@
 """Stage 1 end to end on toy clips: exact resume in a new process, two-process DDP with Gloo, errors that name the video, the
-clips it reads (train and val only) and a given class list."""
+clips it reads (train and val only), a given class list, and the switches of the paper's recipe at scale: centre training
+frames, the resize filter, the clip-cache decision, a resume that refuses another run, and the effective batch."""
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,8 +20,9 @@ from tfcovr.toys import toy_clips
 from tfcovr.models.io import ModelFileError
 from tfcovr.core import TMPDIR_ENV, derive_seed, seed_everything, to_dict
 from tfcovr.models.aim import load_stage1
-from tfcovr.train.stage1 import Stage1Config, stage1_clips, train_stage1
-from tfcovr.data.video import VideoError
+from tfcovr.train.clips import ClipDataset
+from tfcovr.train.stage1 import Stage1Config, plan_clip_cache, stage1_clips, train_stage1
+from tfcovr.data.video import VideoError, load_clip, segment_indices, write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +94,10 @@ def test_two_processes_with_gloo_end_with_identical_weights(toy, tmp_path):
     assert shas[0] == shas[1]
     model, meta = load_stage1(out, which="last")
     assert meta["world_size"] == 2 and meta["epoch"] == 1
+    assert json.loads((out / "metrics.json").read_text())["effective_batch"] == 2 * 1 * 2   # batch x accumulation x processes
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another run \(world_size: 2 -> 1\): to discard its 1 epoch"):
+        train_stage1(c, labels, root / "videos", out, seed=0, progress=False)          # one process: another run
+    assert load_stage1(out, which="last")[1]["world_size"] == 2                       # ... left alone
     h = pd.read_csv(out / "history.tsv", sep="\t")
     assert len(h) == 1 and h.val_acc.iloc[0] in {0.0, 0.25, 0.5, 0.75, 1.0}               # 4 val clips, counted once
     single = train_stage1(c, labels, root / "videos", tmp_path / "single", seed=0, progress=False)
@@ -144,8 +153,10 @@ def test_epoch_lines(toy, tmp_path, capsys):
     train_stage1(cfg(epochs=3, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False, log_every=2)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "stage1 aim: epochs 1..3 of 3, 12 train and 4 val clips, 4 classes, 1 process(es) on cpu"
-    assert [l.split(" loss ")[0] for l in lines[1:]] == ["stage1 aim: epoch 2/3", "stage1 aim: epoch 3/3"]
-    assert all(" train_acc " in l and " val_acc " in l and l.endswith(" s)") for l in lines[1:])
+    assert lines[1] == "stage1 aim: effective batch 4 (2 clips x 2 accumulated x 1 process(es)); frames: random, bilinear"
+    assert lines[2].startswith("stage1 aim: clip cache auto -> on: ~1.97 MB (12 train clips x every frame at full size, ")
+    assert [l.split(" loss ")[0] for l in lines[3:]] == ["stage1 aim: epoch 2/3", "stage1 aim: epoch 3/3"]
+    assert all(" train_acc " in l and " val_acc " in l and l.endswith(" s)") for l in lines[3:])
     train_stage1(cfg(epochs=3, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False)
     assert capsys.readouterr().out == "stage1 aim: done (3/3 epochs)\n"
     train_stage1(cfg(epochs=3, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False, log_every=0)
@@ -192,3 +203,83 @@ def test_a_given_class_list_orders_the_head_and_is_reported(toy, tmp_path):
     assert (m["num_classes"], m["classes_without_train_clips"], m["clips_left_out"]) == (4, ["toy/none"], 4)
     with pytest.raises(ValueError, match="class 'toy/up' listed twice"):
         train_stage1(cfg(epochs=1), labels, root / "videos", tmp_path / "x", seed=0, progress=False, classes=["toy/up", "toy/up"])
+
+
+def test_centre_training_frames_are_the_evaluators_frames(tmp_path):
+    "Frame i of the video is a flat grey 20 i + 10: a clip's levels name the frames it holds."
+    write_mp4(tmp_path / "ramp.mp4", np.repeat(np.arange(10, 250, 20, dtype=np.uint8), 32 * 32 * 3).reshape(12, 32, 32, 3))
+    rows = pd.DataFrame({"video_id": ["ramp"], "video_key": ["ramp"], "label_id": ["x"]})
+    frames = lambda clip: [int(round((float(f.float().mean()) - 10) / 20)) for f in clip]
+    evaluator = segment_indices(12, 4, "center").tolist()                        # what the embedding extraction reads
+    kw = dict(num_frames=4, size=32, train=True, seed=0, crop_scale=(1.0, 1.0), hflip=False)
+    drawn = {"centre": set(), "random": set()}
+    for mode in drawn:
+        for cache in (False, True):
+            ds = ClipDataset(rows, tmp_path, train_frames=mode, cache=cache, **kw)
+            for epoch in range(5):
+                ds.set_epoch(epoch); drawn[mode].add(tuple(frames(ds.clip(0))))
+    assert drawn["centre"] == {tuple(evaluator)}
+    assert len(drawn["random"]) > 1
+
+
+def test_train_frames_and_interpolation_are_part_of_the_run(toy, tmp_path):
+    root, labels = toy
+    base = cfg(epochs=1, warmup_epochs=0.0, cache_clips=False)
+    runs = {}
+    for name, c in {"default": base, "centre": dataclasses.replace(base, train_frames="centre"),
+                    "bicubic": dataclasses.replace(base, interpolation="bicubic")}.items():
+        runs[name] = train_stage1(c, labels, root / "videos", tmp_path / name, seed=0, progress=False, log_every=0)
+    conf = {n: json.loads((tmp_path / n / "config.json").read_text())["config"] for n in runs}
+    assert "train_frames" not in conf["default"] and "interpolation" not in conf["default"]   # runs made before the keys still resume
+    assert (conf["centre"]["train_frames"], conf["bicubic"]["interpolation"]) == ("centre", "bicubic")
+    assert len({r.weights_sha256 for r in runs.values()}) == 3                                  # each switch changes the inputs
+    with pytest.raises(ValueError, match="config.interpolation: bicubic -> None"):
+        train_stage1(base, labels, root / "videos", tmp_path / "bicubic", seed=0, progress=False)
+
+
+def test_bicubic_clips_differ_from_bilinear_and_stay_uint8(toy):
+    root, labels = toy
+    for train in (False, True):
+        clips = {i: ClipDataset(labels, root / "videos", 4, 32, train, 0, interpolation=i).clip(0) for i in ("bilinear", "bicubic")}
+        assert all(c.dtype == torch.uint8 and c.shape == (4, 32, 32, 3) for c in clips.values())
+        assert not torch.equal(clips["bilinear"], clips["bicubic"])
+    assert torch.equal(clips["bilinear"], ClipDataset(labels, root / "videos", 4, 32, True, 0).clip(0))   # bilinear is the default
+    assert torch.equal(ClipDataset(labels, root / "videos", 4, 32, False, 0, interpolation="bicubic").clip(1),
+                       load_clip(root / "videos" / f"{labels.video_id.iloc[1]}.mp4", 4, 32, interpolation="bicubic"))
+
+
+def test_auto_cache_declines_above_the_budget_and_prints_the_estimate(toy, tmp_path, capsys):
+    root, labels = toy
+    est = 12 * 12 * 64 * 64 * 3 + 4 * 4 * 64 * 64 * 3                            # every train frame + the val clips: 1.97 MB
+    small = cfg(epochs=1, warmup_epochs=0.0, cache_budget_gb=1e-3)                   # 1 MB
+    res = train_stage1(small, labels, root / "videos", tmp_path / "small", seed=0, progress=False)
+    line = [l for l in capsys.readouterr().out.splitlines() if "clip cache" in l]
+    assert line == ["stage1 small: clip cache auto -> off: ~1.97 MB (12 train clips x every frame at full size, 4 val clips x 4 frames "
+                    "at 64x64, RGB uint8, 1 process(es) on this machine), above cache_budget_gb 0.001"]
+    assert res.clip_cache == {"setting": "auto", "cached": False, "estimate_gb": round(est / 1e9, 6), "budget_gb": 1e-3, "processes": 1}
+    assert json.loads((tmp_path / "small" / "metrics.json").read_text())["clip_cache"] == res.clip_cache
+    big = train_stage1(dataclasses.replace(small, cache_budget_gb=16.0), labels, root / "videos", tmp_path / "big", seed=0,
+                       progress=False, log_every=0)
+    assert big.clip_cache["cached"] and big.weights_sha256 == res.weights_sha256      # the cache changes the speed, not the run
+    with pytest.warns(UserWarning, match=r"cache_clips true above the budget: clip cache true -> on: ~1.97 MB .* above cache_budget_gb 0.001"):
+        forced = train_stage1(dataclasses.replace(small, cache_clips=True), labels, root / "videos", tmp_path / "forced", seed=0,
+                              progress=False, log_every=0)
+    assert forced.clip_cache["cached"]
+    centre = ClipDataset(labels[labels.split == "train"], root / "videos", 4, 64, True, 0, train_frames="centre")
+    val = ClipDataset(labels[labels.split == "val"], root / "videos", 4, 64, False, 0)
+    assert plan_clip_cache(small, centre, val)["estimate_gb"] == round((12 + 4) * 4 * 64 * 64 * 3 / 1e9, 6)   # centre: 4 frames kept
+
+
+def test_a_resume_with_a_changed_field_raises_naming_it_and_restart_discards(toy, tmp_path):
+    root, labels = toy
+    c = cfg(epochs=2, warmup_epochs=0.0)
+    assert c.on_mismatch == "error"                                                  # the default
+    train_stage1(c, labels, root / "videos", tmp_path / "aim", seed=0, progress=False, stop_after=1, log_every=0)
+    for changed, field in ((dict(amp="auto"), "config.amp: none -> auto"), (dict(grad_accum=1), "config.grad_accum: 2 -> 1")):
+        with pytest.raises(ValueError, match=re.escape(f"{field}): to discard its 1 epoch(s) and start over, set on_mismatch: restart")):
+            train_stage1(dataclasses.replace(c, **changed), labels, root / "videos", tmp_path / "aim", seed=0, progress=False)
+    assert len(pd.read_csv(tmp_path / "aim" / "history.tsv", sep="\t")) == 1         # the refused runs left the epoch alone
+    new = dataclasses.replace(c, amp="auto", on_mismatch="restart")
+    fresh = train_stage1(new, labels, root / "videos", tmp_path / "fresh", seed=0, progress=False, log_every=0)
+    again = train_stage1(new, labels, root / "videos", tmp_path / "aim", seed=0, progress=False, log_every=0)
+    assert [r["epoch"] for r in again.history] == [1, 2] and again.weights_sha256 == fresh.weights_sha256

@@ -23,10 +23,11 @@ from tfcovr.train.stage2 import Stage2Config, make_batches, train_stage2, valida
 ROOT = Path(__file__).resolve().parents[1]
 
 STAGE2 = dict(epochs=2, query="fusion", text=dict(name="minilm", pretrained_path=None, freeze=True, max_length=16),
-              fusion=dict(name="combiner", hidden_dim=64, dropout=0.1),
+              fusion=dict(name="combiner", hidden_dim=64, dropout=0.1, projection_dim=None, video_input="normalised"),
               loss=dict(name="hnnce", temperature=0.07, alpha=1.0, beta=0.5, mask_same_target=True),
               batch_size=32, lr=3e-3, weight_decay=0.01, warmup_steps=0, warmup_fraction=0.1, unique_targets_per_batch=False,
-              video_dim=None, val_every=1, ks=[1, 5, 10], select="mAP@10", val_gt="target_videos", device="cpu")
+              video_dim=None, val_every=1, ks=[1, 5, 10], select="mAP@10", val_gt="target_videos", device="cpu",
+              on_mismatch="error")
 
 
 def config(**over) -> Stage2Config:
@@ -94,6 +95,8 @@ def _bytes(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("over", [
     dict(text=dict(name="bert-tiny", freeze=True), batch_size=8),                           # frozen text, cached features
+    dict(batch_size=8, fusion=dict(projection_dim=48, hidden_dim=80, video_input="raw")),  # frozen MiniLM named, not saved;
+                                                                                         # the published Combiner's layout
     dict(text=dict(name="bert-tiny", freeze=False), unique_targets_per_batch=True, batch_size=8,
          loss=dict(name="infonce", alpha=1.0, beta=0.0, mask_same_target=False)),        # trainable text encoder
 ])
@@ -120,7 +123,7 @@ def test_start_up_checks(problem, tmp_path):
     small = ArrayEmbeddings(problem["embeddings"].ids, problem["embeddings"].emb[:, :16])
     with pytest.raises(ValueError, match=r"checkpoint 32, config \?, embeddings 16"):
         train_stage2(cfg, problem["train"], problem["val"], small, tmp_path, seed=0, progress=False)
-    with pytest.raises(ValueError, match=r"holds a checkpoint of another run \(data.train: .* -> .*\): pass resume=False"):
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another run \(data.train: .* -> .*\): set on_mismatch: restart"):
         train_stage2(cfg, problem["train"].iloc[:-1], problem["val"], problem["embeddings"], tmp_path, seed=0, progress=False)
     keep = [i for i in problem["embeddings"].ids if i != "train3_1"]
     partial = ArrayEmbeddings(keep, problem["embeddings"].lookup(keep))
@@ -333,3 +336,53 @@ def test_resume_detects_a_changed_target_cache(problem, tmp_path):
     again = train_stage2(cfg, problem["train"], problem["val"], e, tmp_path / "restart", seed=0, progress=False, log_every=0,
                          target_embeddings=t2, on_mismatch="restart")
     assert len(fresh.history) == 1 and [r["epoch"] for r in again.history] == [1, 2]
+
+
+def test_on_mismatch_is_a_config_key_and_a_restart_names_the_fields(problem, tmp_path, capsys):
+    "`on_mismatch` of the train section: error (default) names the differing fields; restart says which and starts over."
+    cfg = config(epochs=2)
+    args = (problem["train"], problem["val"], problem["embeddings"])
+    train_stage2(cfg, *args, tmp_path, seed=0, progress=False, log_every=0, stop_after=1)
+    changed = config(epochs=2, lr=1e-3, fusion=dict(hidden_dim=32))
+    with pytest.raises(ValueError, match=r"another run \(config.fusion.hidden_dim: 64 -> 32; config.lr: 0.003 -> 0.001\): "
+                                         r"set on_mismatch: restart in this run's stage2 train section"):
+        train_stage2(changed, *args, tmp_path, seed=0, progress=False, log_every=0)
+    same = train_stage2(config(epochs=2, on_mismatch="restart"), *args, tmp_path, seed=0, progress=False, log_every=0)
+    assert [r["epoch"] for r in same.history] == [1, 2] and "restarting" not in capsys.readouterr().out   # on_mismatch is no field of the run
+    fresh = train_stage2(dataclasses.replace(changed, on_mismatch="restart"), *args, tmp_path, seed=0, progress=False, log_every=0)
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'last'} holds another run (config.fusion.hidden_dim: 64 -> 32; config.lr: 0.003 -> 0.001): restarting" in out, out
+    assert [r["epoch"] for r in fresh.history] == [1, 2] and fresh.model.fusion.hidden_dim == 32
+    with pytest.raises(ValueError, match="another run"):                                  # the argument overrides the key
+        train_stage2(dataclasses.replace(cfg, on_mismatch="restart"), *args, tmp_path, seed=0, progress=False, log_every=0, on_mismatch="error")
+    with pytest.raises(ParamsError, match="stage2.on_mismatch: expected one of 'error' | 'restart', got 'ignore'"):
+        config(on_mismatch="ignore")
+
+
+def test_run_folders_hold_trained_weights_and_name_the_frozen_text_encoder(problem, tmp_path):
+    "model/ and last/ store the projection and the fusion; the frozen MiniLM is named by name, path and digest, and checked on load."
+    from safetensors.torch import load_file
+    from tfcovr.models.aim import weights_sha256
+    res = train_stage2(config(epochs=2), problem["train"], problem["val"], problem["embeddings"], tmp_path, seed=0, progress=False,
+                       log_every=0)
+    digest = weights_sha256(res.model.text_encoder.backbone)
+    for sub in ("model", "last"):
+        conf = json.loads((tmp_path / sub / "config.json").read_text())
+        assert conf["text_backbone"] == {"name": "minilm", "pretrained_path": None, "weights_sha256": digest}
+        keys = set(load_file(str(tmp_path / sub / "model.safetensors")))
+        assert keys == {k for k in res.model.state_dict() if not k.startswith("text_encoder.backbone.")}
+    size = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    assert size < 5_000_000, size                                       # the 90 MB MiniLM is not in the folder
+    best = ComposedModel.from_pretrained(tmp_path / "model")
+    assert validate(best, problem["val"], problem["embeddings"], ks=(1, 5, 10)) == pytest.approx(
+        {k: v for k, v in res.best.items() if k != "epoch"}, abs=1e-9)
+    resumed = train_stage2(config(epochs=3), problem["train"], problem["val"], problem["embeddings"], tmp_path / "r", seed=0,
+                           progress=False, log_every=0, stop_after=1)
+    conf = json.loads((tmp_path / "r" / "last" / "config.json").read_text())
+    conf["text_backbone"]["weights_sha256"] = "f" * 64                  # as if the MiniLM files had changed since
+    (tmp_path / "r" / "last" / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ValueError, match=f"config.json: the frozen text encoder is not the one the model was trained with "
+                                         f"\\(weights_sha256 '{'f' * 64}' when saved, '{digest}' now\\)"):
+        train_stage2(config(epochs=3), problem["train"], problem["val"], problem["embeddings"], tmp_path / "r", seed=0,
+                     progress=False, log_every=0)
+    assert len(resumed.history) == 1

@@ -1,4 +1,5 @@
 """Stage 2 building blocks together: text encoder -> fusion -> HN-NCE, on tiny CPU models."""
+import dataclasses
 import math
 
 import pytest
@@ -140,3 +141,44 @@ def test_end_to_end_step_lowers_loss(text_name, fusion_name):
 def test_check_dims_message():
     with pytest.raises(ValueError, match="checkpoint 768, config 512, embeddings 256"):
         check_dims(768, 512, 256)
+
+
+@pytest.mark.parametrize("name", ["blip-tiny", "blip"])
+def test_fine_tuned_blip_trains_saves_and_reloads(tmp_path, name):
+    """The paper's text side, `text: {name: blip, pretrained_path: <folder>, freeze: false}`, end to end on the tiny BLIP:
+    a Stage-2 epoch moves the BLIP weights, the saved model stores them in full, and reloads to the same queries."""
+    import json
+    from safetensors.torch import load_file
+    from tfcovr.models.composed import ComposedModel
+    from tfcovr.models.text import TextConfig
+    from tfcovr.core import derive_seed
+    from tfcovr.toys import synthetic_problem
+    from tfcovr.train.stage2 import Stage2Config, train_stage2
+    torch.manual_seed(0)
+    path = None
+    if name == "blip":                                                     # a local BLIP folder, as the paper preset names one
+        tiny = create_text_encoder("blip-tiny", 16)
+        tiny.backbone.save_pretrained(tmp_path / "blip"); tiny.tokenizer.save_pretrained(tmp_path / "blip")
+        path = str(tmp_path / "blip")
+    text = TextConfig(name, path, False, 16)
+    p = synthetic_problem(1, n_labels=3, per_label=(3, 2))
+    cfg = Stage2Config(epochs=1, text=text, fusion=FusionConfig("combiner", 48, 0.1, 24, "raw"), batch_size=8, lr=1e-3,
+                       ks=(1, 5, 10), device="cpu")
+    torch.manual_seed(derive_seed(0, "stage2", "init"))                       # the model train_stage2 starts from
+    start = ComposedModel(p["embeddings"].dim, "fusion", text, cfg.fusion)
+    before = {k: v.clone() for k, v in start.text_encoder.backbone.state_dict().items()}
+    res = train_stage2(cfg, p["train"], p["val"], p["embeddings"], tmp_path / "run", seed=0, progress=False, log_every=0)
+    after = res.model.text_encoder.backbone.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)          # the backbone was fine-tuned
+    res0 = train_stage2(dataclasses.replace(cfg, lr=1e-9), p["train"], p["val"], p["embeddings"], tmp_path / "still", seed=0,
+                        progress=False, log_every=0)
+    assert all(torch.allclose(before[k], v, atol=1e-6) for k, v in res0.model.text_encoder.backbone.state_dict().items())  # same start
+    folder = tmp_path / "run" / "model"
+    assert json.loads((folder / "config.json").read_text())["text_backbone"] is None
+    saved = load_file(str(folder / "model.safetensors"))
+    assert {k for k in saved if k.startswith("text_encoder.backbone.")} == {f"text_encoder.backbone.{k}" for k in after}
+    best = ComposedModel.from_pretrained(folder)
+    for k, v in after.items(): torch.testing.assert_close(best.text_encoder.backbone.state_dict()[k], v, rtol=0, atol=0)
+    v = torch.from_numpy(p["embeddings"].emb[:4])
+    texts = p["val"].modification.tolist()[:4]
+    torch.testing.assert_close(best.encode_query(v, texts), res.model.eval().encode_query(v, texts), rtol=0, atol=1e-6)

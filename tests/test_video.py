@@ -17,8 +17,8 @@ from PIL import Image
 
 from tfcovr.core import rng
 from tfcovr.cli import main
-from tfcovr.data.video import (ShortVideoWarning, VideoError, check_main, check_video, check_videos, load_clip, resize_clip,
-                          resolve_video, segment_indices, video_length, write_mp4)
+from tfcovr.data.video import (ShortVideoWarning, VideoError, check_main, check_video, check_videos, load_clip, probe_video,
+                               resize_clip, resolve_video, screen_clips, segment_indices, video_length, write_mp4)
 
 
 def ramp(n: int, h: int = 32, w: int = 40) -> np.ndarray:
@@ -123,6 +123,40 @@ def test_resize_short_side_crop_and_exact(videos):
     assert load_clip(videos / "tex.mp4", 4, size=(112, 150)).shape == (4, 112, 150, 3)
 
 
+def test_bicubic_resize_is_clamped_and_passed_through_load_clip(videos):
+    full = load_clip(videos / "tex.mp4", 4)                                    # random texture: sharp edges everywhere
+    cubic = load_clip(videos / "tex.mp4", 4, size=(300, 400), interpolation="bicubic")
+    assert torch.equal(cubic, resize_clip(full, (300, 400), interpolation="bicubic"))
+    assert cubic.dtype == torch.uint8 and not torch.equal(cubic, resize_clip(full, (300, 400)))
+    raw = torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=(300, 400), mode="bicubic", antialias=True)
+    assert raw.min() < 0 and raw.max() > 255                                   # the kernel overshoots ...
+    assert (cubic.permute(0, 3, 1, 2).int() - raw.round().clamp(0, 255).int()).abs().max() <= 1   # ... and is clamped, not wrapped
+    with pytest.raises(ValueError, match="interpolation must be one of bilinear, bicubic, got 'area'"):
+        load_clip(videos / "tex.mp4", 4, size=32, interpolation="area")
+
+
+def test_probe_video_is_cheap_and_quiet(videos, capfd):
+    "The labels stage's probe: open and decode the first frame; damage after it is left to the full check."
+    assert [probe_video(videos / k) for k in ("ramp20.mp4", "tex.mp4", "comp/1", "comp/2", "fscut.mp4")] == [None] * 5
+    assert check_video(videos / "comp" / "2") is not None and check_video(videos / "fscut.mp4") is not None
+    assert probe_video(videos / "missing.mp4") == "file not found"
+    assert probe_video(videos / "empty.mp4") == "empty file (0 bytes)"
+    for k in ("noise", "cut"): assert probe_video(videos / f"{k}.mp4").startswith("cannot open as a video"), k
+    assert "ERROR opening" not in capfd.readouterr().err
+
+
+def test_screen_clips_threads_give_the_same_report(videos, tmp_path):
+    clips = pd.DataFrame({"dataset": ["finegym"] * 5 + ["finediving"] * 2, "video_key": ["ramp20", "cut", "nope", "tex", "noise", "1", "9"],
+                          "split": ["train"] * 7, "label_id": list("abcdefg"), "label": list("ABCDEFG")})
+    roots = {"finegym": videos, "finediving": videos / "comp"}
+    one = screen_clips(clips, roots, "drop", tmp_path / "one.json", workers=1, progress=False)
+    four = screen_clips(clips, roots, "drop", tmp_path / "four.json", workers=4, progress=False)
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "four.json").read_bytes()
+    assert one[0].equals(four[0]) and one[0].video_key.tolist() == ["ramp20", "tex", "1"]
+    assert [(c["video_key"], c["reason"]) for c in one[1]["clips"]] == [
+        ("cut", "unreadable"), ("nope", "missing"), ("noise", "unreadable"), ("9", "missing")]
+
+
 def test_short_videos_repeat_frames_unless_min_frames(videos):
     assert ids(load_clip(videos / "ramp7.mp4", 12, short="repeat")) == [0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 6, 6]
     with pytest.raises(VideoError, match=r"ramp7\.mp4: 7 frames, fewer than the 12 required"):
@@ -220,6 +254,22 @@ def test_check_command_on_a_labels_table(videos, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"tfcovr check: error: {tmp_path / 'good.csv'}: no column 'nope'")
     with pytest.raises(ValueError, match="no column 'nope'"):                                          # the command itself raises
         check_main([str(tmp_path / "good.csv"), "--root", str(videos), "--column", "nope"])
+
+
+def test_check_without_root_reads_the_params_file(videos, tmp_path, capsys):
+    "`tfcovr check labels.parquet` finds the clips where params.yaml's selected source keeps them."
+    pd.DataFrame({"dataset": ["finegym", "finegym", "finediving"], "video_key": ["ramp20", "noise", "1"]}).to_parquet(tmp_path / "l.parquet")
+    params = tmp_path / "p.yaml"
+    params.write_text((Path(__file__).parents[1] / "params.yaml").read_text()
+                      .replace("      finegym: data/synth/finegym/videos", f"      finegym: {videos}")
+                      .replace("      finediving: data/synth/finediving/videos", f"      finediving: {videos / 'comp'}"))
+    assert main(["check", str(tmp_path / "l.parquet"), "--params", str(params)]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{videos / 'noise.mp4'}: {check_video(videos / 'noise.mp4')}"]
+    assert f"video folders from {params}: finegym={videos}, finediving={videos / 'comp'}" in err
+    assert "1 of 3 videos unreadable" in err
+    assert main(["check", str(tmp_path / "l.parquet"), "--params", str(tmp_path / "none.yaml")]) == 2
+    assert "no --root given and the params file" in capsys.readouterr().err
 
 
 def intra_mp4(path: Path, frames: np.ndarray, damaged: int | None = None) -> Path:

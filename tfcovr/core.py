@@ -120,7 +120,7 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path): return str(obj)
     return obj
 
-# %% ../nbs/00_core.ipynb #0da1dfde
+# %% ../nbs/00_core.ipynb #b2bc7346
 PRESET_KEYS = ("preset", "override")  # the top-level keys `resolve_params` consumes
 DEFAULT_PRESET = "default"            # the file's own values
 PINNED = ("source", "root")           # `data` keys a preset or override may not change

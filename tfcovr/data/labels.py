@@ -22,13 +22,13 @@ import pandas as pd
 from ..core import check_columns, load_params, rng
 
 # %% auto #0
-__all__ = ['GYM_COLUMNS', 'DIVING_COLUMNS', 'CORE_COLUMNS', 'FINEDIVING_ANNOTATION', 'FINEDIVING_TABLE', 'SPLITS',
-           'SPLIT_COLUMNS', 'SOURCES', 'PAPER_CLASSES', 'CLASS_LISTS', 'ClassList', 'UnsafePickleError',
+__all__ = ['GYM_COLUMNS', 'DIVING_COLUMNS', 'CORE_COLUMNS', 'BOARD_SHARE', 'FINEDIVING_ANNOTATION', 'FINEDIVING_TABLE', 'SPLITS',
+           'SPLIT_COLUMNS', 'SOURCES', 'ON_MISSING', 'PAPER_CLASSES', 'CLASS_LISTS', 'ClassList', 'UnsafePickleError',
            'safe_load_pickle', 'read_finegym_categories', 'read_finegym_sets', 'load_finegym', 'DiveNumber',
-           'parse_dive_number', 'describe_sub_actions', 'dive_label_texts', 'diving_event', 'load_finediving',
-           'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels', 'SplitsConfig', 'assign_splits',
-           'straddling_sources', 'DataConfig', 'params_roots', 'label_table', 'read_label_ids', 'paper_label_ids',
-           'check_classes', 'action_classes']
+           'parse_dive_number', 'describe_sub_actions', 'dive_label_texts', 'diving_event', 'dive_events',
+           'load_finediving', 'FineGymFiles', 'FineDivingFiles', 'LabelsConfig', 'load_labels', 'SplitsConfig',
+           'assign_splits', 'straddling_sources', 'DataConfig', 'params_roots', 'label_table', 'read_label_ids',
+           'paper_label_ids', 'check_classes', 'action_classes']
 
 # %% ../../nbs/13_data.labels.ipynb #6e2bc96f
 class UnsafePickleError(pickle.UnpicklingError):
@@ -265,6 +265,48 @@ def diving_event(folder: str,  # a FineDiving competition folder name
     if re.search(r"platform|(?<!\d)10m", f): return "platform"
     return "diving"
 
+
+BOARD_SHARE = 0.95   # a (dive number, difficulty) pair tells the board when this share of its named dives is on one board
+
+
+def _pair(code: str, difficulty: float) -> tuple[str, float] | None:
+    return None if difficulty is None or np.isnan(difficulty) else (str(code).lower(), round(float(difficulty), 1))
+
+
+def dive_events(dives: Mapping[tuple[str, int], tuple[str, float]],  # (folder, idx) -> (dive number, difficulty)
+                window: int = 5,  # dives on either side, in the folder's idx order, that vote
+                ) -> dict[tuple[str, int], tuple[str, str]]:  # (folder, idx) -> (event, how: folder, difficulty, neighbours, none)
+    "The event of every dive: its folder's name, else the board its dive number and difficulty belong to, voted over its neighbours."
+    named = {k: diving_event(k[0]) for k in dives}
+    counts: dict[tuple[str, float], Counter] = {}
+    for k, (code, dd) in dives.items():
+        if named[k] != "diving" and (p := _pair(code, dd)) is not None: counts.setdefault(p, Counter())[named[k]] += 1
+
+    def own(code: str, dd: float) -> str | None:
+        if str(code).startswith("6"): return "platform"            # armstand dives: platform only
+        n = counts.get(_pair(code, dd))
+        if not n: return None
+        board, m = n.most_common(1)[0]
+        return board if m >= BOARD_SHARE * sum(n.values()) else None
+
+    folders: dict[str, list] = {}
+    for k in dives: folders.setdefault(k[0], []).append(k)
+    out = {}
+    for folder, keys in folders.items():
+        keys.sort(key=lambda k: k[1])
+        if diving_event(folder) != "diving":
+            out.update({k: (named[k], "folder") for k in keys})
+            continue
+        raw = [own(*dives[k]) for k in keys]
+        known = [i for i, b in enumerate(raw) if b]
+        for i, k in enumerate(keys):
+            if not known: out[k] = ("diving", "none"); continue
+            nearest = raw[min(known, key=lambda j: (abs(j - i), j))]
+            votes = Counter(b for b in raw[max(0, i - window):i + window + 1] if b).most_common()
+            board = votes[0][0] if votes and (len(votes) == 1 or votes[0][1] > votes[1][1]) else nearest
+            out[k] = (board, "difficulty" if board == raw[i] else "neighbours")
+    return out
+
 # %% ../../nbs/13_data.labels.ipynb #160e4dd6
 FINEDIVING_ANNOTATION = "FineDiving_fine-grained_annotation.pkl"
 FINEDIVING_TABLE = "Sub_action_Types_Table.pkl"
@@ -330,6 +372,7 @@ def load_finediving(annotation_dir: str | Path,  # folder with the fine-grained 
     by_code: dict[str, list] = {}
     for v in dives.values(): by_code.setdefault(v["code"], []).append(v["names"])
     texts = dive_label_texts(by_code, set(table.values()))
+    events = dive_events({k: (v["code"], v["difficulty"]) for k, v in dives.items()})
     rows, seen = [], {}
     for split in splits:
         path = d / f"{split}_split.pkl"
@@ -343,7 +386,7 @@ def load_finediving(annotation_dir: str | Path,  # folder with the fine-grained 
             v = dives[k]
             rows.append({"dataset": "finediving", "split": split, "video_id": f"{k[0]}_{k[1]}", "video_key": f"{k[0]}/{k[1]}",
                          "source_video": k[0], "label_id": f"finediving/{v['code']}", "label_code": v["code"],
-                         "label": texts[v["code"]], "event": diving_event(k[0]), "sub_actions": ", ".join(v["names"]),
+                         "label": texts[v["code"]], "event": events[k][0], "sub_actions": ", ".join(v["names"]),
                          "difficulty": v["difficulty"], "dive_score": v["dive_score"]})
     df = pd.DataFrame(rows)
     if (dup := df.video_id[df.video_id.duplicated()]).size: raise ValueError(f"{d}: two keys give the video id {dup.iloc[0]!r}")
@@ -485,6 +528,7 @@ def straddling_sources(clips: pd.DataFrame,  # a clip table
 
 # %% ../../nbs/13_data.labels.ipynb #50c5157d
 SOURCES = ("synth", "real")
+ON_MISSING = ("error", "drop")   # what the labels stage does with clips whose video is missing or does not open
 
 
 @dataclasses.dataclass
@@ -495,6 +539,7 @@ class DataConfig:
     labels: dict[str, LabelsConfig]                  # per source: where the label stage reads annotations
     videos: dict[str, dict[str, Path]]               # per source: dataset -> folder of its clips (mp4 files or frame folders)
     splits: SplitsConfig                             # how the labels stage fixes every clip's final split (both sources)
+    on_missing: Literal["error", "drop"] = "error"   # listed clips missing or unreadable: error lists them all; drop builds without them
 
     def __post_init__(self):
         for what in ("labels", "videos"):

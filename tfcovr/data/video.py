@@ -24,16 +24,16 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from ..core import atomic_path
-from .labels import params_roots
+from ..core import atomic_path, check_columns, write_json
+from .labels import ON_MISSING, params_roots
 
 decord.logging.set_level(decord.logging.QUIET)  # errors reach the caller as VideoError, not as stderr noise
 
 # %% auto #0
-__all__ = ['SHORT', 'VideoRoots', 'VideoError', 'segment_indices', 'resize_clip', 'ShortVideoWarning', 'handle_short',
-           'load_clip', 'video_length', 'write_mp4', 'resolve_video', 'check_video', 'check_videos', 'check_parser',
-           'run_check', 'check_main', 'video_root', 'parse_roots', 'video_fingerprint', 'resolve_paths',
-           'add_data_args', 'args_roots']
+__all__ = ['INTERPOLATIONS', 'SHORT', 'VideoRoots', 'VideoError', 'segment_indices', 'resize_clip', 'ShortVideoWarning',
+           'handle_short', 'load_clip', 'video_length', 'write_mp4', 'resolve_video', 'check_video', 'check_videos',
+           'check_parser', 'run_check', 'check_main', 'video_root', 'parse_roots', 'video_fingerprint', 'resolve_paths',
+           'add_data_args', 'args_roots', 'probe_video', 'MissingVideosError', 'screen_clips']
 
 # %% ../../nbs/10_data.video.ipynb #04929783
 class VideoError(ValueError):
@@ -70,18 +70,28 @@ def segment_indices(num_frames_total: int,  # frames in the video, L >= 1
     return np.clip(idx, lo, hi)
 
 # %% ../../nbs/10_data.video.ipynb #55dd7971
+INTERPOLATIONS = ("bilinear", "bicubic")   # the values of `resize_clip(interpolation=...)`
+
+
 def resize_clip(frames: torch.Tensor,  # [T, H, W, 3] uint8
                 size: int | tuple[int, int] | None,  # shorter side + centre crop, exact (H, W), or None
+                interpolation: str = "bilinear",  # "bilinear" or "bicubic" (the published extractor's), both antialiased
                ) -> torch.Tensor:  # [T, size, size, 3] or [T, H', W', 3] uint8
     "Resize a clip: an int scales the shorter side and centre-crops a square; `(H, W)` resizes exactly."
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     if size is None: return frames
     square = isinstance(size, (int, np.integer))
     hw = (int(size), int(size)) if square else tuple(int(s) for s in size)
     if len(hw) != 2 or min(hw) < 1: raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
     if tuple(frames.shape[1:3]) == hw: return frames
     x = frames.permute(0, 3, 1, 2)  # [T, 3, H, W]
-    if square: x = TF.center_crop(TF.resize(x, [hw[0]], antialias=True), list(hw))
-    else: x = TF.resize(x, list(hw), antialias=True)
+    bicubic = interpolation == "bicubic"
+    if bicubic: x = x.float()
+    mode = TF.InterpolationMode.BICUBIC if bicubic else TF.InterpolationMode.BILINEAR
+    if square: x = TF.center_crop(TF.resize(x, [hw[0]], interpolation=mode, antialias=True), list(hw))
+    else: x = TF.resize(x, list(hw), interpolation=mode, antialias=True)
+    if bicubic: x = x.round_().clamp_(0, 255).to(torch.uint8)   # bicubic overshoots at edges
     return x.permute(0, 2, 3, 1).contiguous()  # [T, H', W', 3]
 
 # %% ../../nbs/10_data.video.ipynb #37adec27
@@ -130,14 +140,19 @@ def _probe(path: Path) -> None:
     if not has_video: raise VideoError(path, "no video stream")
 
 
+def _check_file(path: Path) -> None:
+    "A `VideoError` unless `path` is a non-empty regular file."
+    if not path.exists(): raise VideoError(path, "file not found")
+    if not path.is_file(): raise VideoError(path, "not a regular file")
+    if path.stat().st_size == 0: raise VideoError(path, "empty file (0 bytes)")
+
+
 def _open(path: Path, threads: int = 1, probe: bool = False) -> tuple[int, Callable[[Sequence[int]], torch.Tensor]]:
     "(number of frames, decode(indices) -> [T, H, W, 3] uint8) for an mp4 file or a frame folder."
     if path.is_dir():
         files = _frame_files(path)
         return len(files), lambda idx: _stack_frames(files, idx)
-    if not path.exists(): raise VideoError(path, "file not found")
-    if not path.is_file(): raise VideoError(path, "not a regular file")
-    if path.stat().st_size == 0: raise VideoError(path, "empty file (0 bytes)")
+    _check_file(path)
     if probe: _probe(path)
     try: vr = decord.VideoReader(str(path), num_threads=threads)
     except Exception as e:
@@ -193,16 +208,19 @@ def load_clip(path: str | Path,  # an mp4 (any decord-readable file) or a folder
               min_frames: int = 1,  # fewer frames than this is a VideoError
               threads: int = 1,  # decord decoding threads (0: decord's choice)
               short: str = "warn",  # fewer than `n` frames: "warn" and repeat, "error", or "repeat" quietly
+              interpolation: str = "bilinear",  # "bilinear" or "bicubic" (see `resize_clip`)
              ) -> torch.Tensor:  # [n, H, W, 3] uint8
     "Load `n` frames of a video, one per equal segment, resized; unreadable videos raise `VideoError`."
     path = Path(path)
     if short not in SHORT: raise ValueError(f"short must be one of {', '.join(SHORT)}, got {short!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     length, decode = _open(path, threads)
     need = max(1, int(min_frames))
     if length < need: raise VideoError(path, f"{length} frames, fewer than the {need} required")
     handle_short(path, length, n, short)
     idx = segment_indices(length, n, mode, rng)
-    return resize_clip(_decode(path, decode, idx), size)
+    return resize_clip(_decode(path, decode, idx), size, interpolation)
 
 
 def video_length(path: str | Path) -> int:
@@ -330,7 +348,10 @@ def check_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tfcovr check", description="List every unreadable video of a labels table.")
     p.add_argument("labels", type=Path, help="table of videos: .parquet/.csv with a video_key or path column, or .txt")
     p.add_argument("--root", action="append", default=[], metavar="[DATASET=]DIR",
-                   help="video folder of the keys; DATASET=DIR per value of the dataset column (repeatable)")
+                   help="video folder of the keys; DATASET=DIR per value of the dataset column (repeatable); "
+                        "default: the params file's data.videos.<data.source> for a table with a dataset column")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="params file whose video folders are used without --root (default params.yaml)")
     p.add_argument("--column", default=None, help="column naming the videos (default: video_key, else path)")
     p.add_argument("-n", "--frames", type=int, default=12, help="frames the models sample (default 12)")
     p.add_argument("--min-frames", type=int, default=1, help="fewer frames is a problem (default 1)")
@@ -342,12 +363,14 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 def _read_videos(path: Path, column: str | None) -> pd.DataFrame:
-    "The table of videos: a `video` column (as strings) and, when present, `dataset`."
+    "The table of videos: a `video` column (as strings), when present `dataset`; `attrs['keys']`: videos are keys, not paths."
     if not path.is_file(): raise FileNotFoundError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".txt":
         keys = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-        return pd.DataFrame({"video": keys})
+        out = pd.DataFrame({"video": keys})
+        out.attrs["keys"] = True
+        return out
     if suffix == ".parquet": df = pd.read_parquet(path)
     elif suffix == ".csv": df = pd.read_csv(path, dtype=str, keep_default_na=False)
     else: raise ValueError(f"{path}: expected a .parquet, .csv or .txt file")
@@ -356,12 +379,18 @@ def _read_videos(path: Path, column: str | None) -> pd.DataFrame:
         raise ValueError(f"{path}: no column {column or 'video_key or path'!r} (columns: {', '.join(map(str, df.columns))})")
     out = pd.DataFrame({"video": df[col].astype(str)})
     if "dataset" in df.columns: out["dataset"] = df["dataset"].astype(str)
+    out.attrs["keys"] = col != "path"
     return out
 
 
-def _roots(table: pd.DataFrame, specs: Sequence[str], where: Path) -> list[str] | None:
-    "One root per row from `--root` values `DIR` or `DATASET=DIR`; None without any."
-    if not specs: return None
+def _roots(table: pd.DataFrame, specs: Sequence[str], where: Path, params: Path | None = None) -> list[str] | None:
+    "One root per row from `--root` values `DIR` or `DATASET=DIR`; without any, the `params` file's folders for keys with a dataset, else None."
+    if not specs:
+        if params is None or not table.attrs.get("keys") or "dataset" not in table.columns: return None
+        if not Path(params).is_file():
+            raise FileNotFoundError(f"{where}: no --root given and the params file {params} is not there (give --root or --params)")
+        specs = [f"{ds}={d}" for ds, d in params_roots(params).items()]
+        where = f"{where} (video folders from {params}: data.videos of its data.source)"
     default, by_ds = None, {}
     for s in specs:
         ds, sep, d = s.partition("=")
@@ -379,7 +408,10 @@ def _roots(table: pd.DataFrame, specs: Sequence[str], where: Path) -> list[str] 
 def run_check(args: argparse.Namespace) -> int:
     "Run `tfcovr check` on parsed arguments; 1 when any video is unreadable, else 0."
     table = _read_videos(args.labels, args.column)
-    probs = check_videos(table.video.tolist(), _roots(table, args.root, args.labels), n=args.frames,
+    roots = _roots(table, args.root, args.labels, getattr(args, "params", None))
+    if not args.root and roots is not None:
+        print(f"video folders from {args.params}: " + ", ".join(f"{ds}={d}" for ds, d in params_roots(args.params).items()), file=sys.stderr)
+    probs = check_videos(table.video.tolist(), roots, n=args.frames,
                          min_frames=args.min_frames, fast=args.fast, workers=args.workers)
     for r in probs.itertuples(): print(f"{r.path}: {r.problem}")
     if args.out is not None:
@@ -460,3 +492,79 @@ def add_data_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def args_roots(a: argparse.Namespace) -> VideoRoots:
     "The video roots of parsed `add_data_args` options: the `--root` values, else the params file's folders."
     return parse_roots(a.root) if a.root else params_roots(a.params)
+
+# %% ../../nbs/10_data.video.ipynb #637f0529
+def _first_frame(path: Path) -> None:
+    "Decode the first frame of a video file with PyAV (quiet, and cheaper than opening it with decord)."
+    import av
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video: raise VideoError(path, "no video stream")
+            st = c.streams.video[0]
+            st.codec_context.thread_count = 1
+            for _ in c.decode(st): return
+    except VideoError: raise
+    except Exception as e: raise VideoError(path, f"{_CANNOT_OPEN}: {getattr(e, 'strerror', None) or _short(e)}") from None
+    raise VideoError(path, "no frame decodes")
+
+
+def probe_video(path: str | Path,  # an mp4 file or a frame folder
+               ) -> str | None:    # the problem, or None when it opens
+    "Whether a video opens: it exists, its container has a video stream and its first frame decodes (a cheap check)."
+    path = Path(path)
+    try:
+        if path.is_dir(): _read_jpeg(_frame_files(path)[0])
+        else: _check_file(path); _first_frame(path)
+    except VideoError as e: return e.problem if Path(e.path) == path else f"{Path(e.path).name}: {e.problem}"
+    except Exception as e: return f"unexpected {type(e).__name__}: {_short(e)}"
+    return None
+
+
+class MissingVideosError(FileNotFoundError):
+    "Clips of a labels table are missing or do not open (`data.on_missing: error`); the message lists them."
+
+
+_REPORT_COLUMNS = ["video_key", "dataset", "split", "label_id", "label", "path", "reason", "problem"]
+
+
+def _probe_clip(item: tuple[str, str, Path]) -> tuple[str, str | None]:
+    "(path, problem) of one (dataset, key, root); a missing video is `reason` missing, any other problem unreadable."
+    ds, key, root = item
+    try: path = resolve_video(root, key)
+    except VideoError as e: return e.path, f"missing: {e.problem}"
+    problem = probe_video(path)
+    return str(path), None if problem is None else f"unreadable: {problem}"
+
+
+def screen_clips(clips: pd.DataFrame,       # a labels table: video_key, dataset, split, label_id, label
+                 video_roots: VideoRoots,   # one folder, or dataset -> folder
+                 on_missing: str = "error", # error: raise listing them all; drop: return the table without them
+                 report: str | Path | None = None,  # the JSON report, written in both cases (None: not written)
+                 workers: int = 8,          # clips probed in parallel (threads)
+                 progress: bool = True,     # show a tqdm bar
+                 show: int = 10,            # clips named in the error message
+                ) -> tuple[pd.DataFrame, dict]:  # the clips whose video opens, and the report
+    "Probe the video of every clip; raise `MissingVideosError` listing those missing or unreadable, or drop them."
+    if on_missing not in ON_MISSING: raise ValueError(f"on_missing must be one of {', '.join(ON_MISSING)}, got {on_missing!r}")
+    check_columns(clips, ["video_key", "dataset", "split", "label_id", "label"], "labels table")
+    items = [(ds, key, video_root(ds, video_roots)) for ds, key in zip(clips["dataset"].astype(str), clips["video_key"].astype(str))]
+    bar = dict(total=len(items), desc="probe clips", unit="clip", disable=not progress)
+    with ThreadPoolExecutor(max(1, workers)) as ex: found = list(tqdm(ex.map(_probe_clip, items), **bar))
+    bad = np.array([why is not None for _, why in found], dtype=bool)
+    rows = clips.loc[bad, ["video_key", "dataset", "split", "label_id", "label"]].astype(str).reset_index(drop=True)
+    rows["path"] = [path for path, why in found if why is not None]
+    parts = [why.split(": ", 1) for _, why in found if why is not None]
+    rows["reason"], rows["problem"] = [r for r, _ in parts], [q for _, q in parts]
+    out = {"on_missing": on_missing, "checked": len(clips), "dropped": int(bad.sum()) if on_missing == "drop" else 0,
+           "missing_or_unreadable": int(bad.sum()),
+           "counts": {c: {str(k): int(v) for k, v in rows[c].value_counts().sort_index().items()} for c in ("dataset", "split", "reason")},
+           "clips": rows[_REPORT_COLUMNS].to_dict("records")}
+    if report is not None: write_json(report, out)
+    if bad.any() and on_missing == "error":
+        listed = "\n".join(f"  {r.path}: {r.reason}: {r.problem}" for r in rows.head(show).itertuples())
+        more = f"\n  ... and {len(rows) - show} more" if len(rows) > show else ""
+        where = f"the full list: {report}" if report is not None else "no report written"
+        raise MissingVideosError(f"{len(rows)} of {len(clips)} clips are missing or unreadable ({where}); "
+                                 f"data.on_missing: drop builds without them:\n{listed}{more}")
+    return clips.loc[~bad].reset_index(drop=True), out
+

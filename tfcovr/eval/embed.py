@@ -27,7 +27,7 @@ from ..core import (atomic_dir, atomic_write, autocast, barrier, check_device, d
 from ..models.aim import (AIM, MAX_FRAMES, AIMConfig, aim_cfg, cached_weights, checkpoint_file, create_aim, load_stage1, preprocess,
                                weights_sha256)
 from ..models.io import ModelFileError, read_json_object
-from ..data.video import VideoRoots, add_data_args, args_roots, video_fingerprint, video_root, VideoError, load_clip, resize_clip, resolve_video, segment_indices
+from ..data.video import INTERPOLATIONS, VideoRoots, add_data_args, args_roots, video_fingerprint, video_root, VideoError, load_clip, resize_clip, resolve_video, segment_indices
 
 # %% auto #0
 __all__ = ['POOLINGS', 'VideoEncoder', 'video_encoder_from_checkpoint', 'untrained_encoder', 'load_video_encoder',
@@ -64,8 +64,10 @@ class VideoEncoder:
                  device: str | torch.device = "cpu",  # where to compute
                  amp: str = "none",            # 'bf16' (CUDA) or 'none'
                  num_frames: int | None = None,  # frames per video; None: the model's; N > 1 for a 1-frame model: mean of N frames
+                 interpolation: str = "bilinear",  # resize filter, "bilinear" or "bicubic" (the published extractor's)
                  ):
-        self.device = torch.device(device)
+        if interpolation not in INTERPOLATIONS: raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        self.device, self.interpolation = torch.device(device), interpolation
         self.model, self.amp, self.source = model.eval().to(self.device), amp, dict(source)
         self.variant, self.model_frames, self.size = model.variant, model.num_frames, model.patch_embed.img_size[0]
         what = self.source.get("checkpoint") or f"untrained {self.variant.name}"
@@ -80,7 +82,7 @@ class VideoEncoder:
         return {"checkpoint_sha256": self.source.get("checkpoint_sha256"), "model": self.variant.name,
                 "variant": dataclasses.asdict(self.variant), "weights_sha256": self.weights_sha256,
                 "num_frames": self.num_frames, "pooling": self.pooling, "sampling": self.sampling, "size": self.size,
-                "preprocessing": {"resize": "shorter side, centre crop, bilinear antialias", "mean": list(self.variant.mean),
+                "preprocessing": {"resize": f"shorter side, centre crop, {self.interpolation} antialias", "mean": list(self.variant.mean),
                                   "std": list(self.variant.std)},
                 "precision": "bf16" if self.amp == "bf16" else "fp32", "init_seed": self.source.get("init_seed")}
 
@@ -89,10 +91,10 @@ class VideoEncoder:
 
     def clip(self, video: str | Path | np.ndarray | torch.Tensor) -> torch.Tensor:  # [T, size, size, 3] uint8
         "The frames the encoder sees: from a video path, or sampled from a whole video's frames."
-        if isinstance(video, (str, Path)): return load_clip(video, self.num_frames, self.size, mode="center")
+        if isinstance(video, (str, Path)): return load_clip(video, self.num_frames, self.size, mode="center", interpolation=self.interpolation)
         x = torch.from_numpy(np.ascontiguousarray(video)) if isinstance(video, np.ndarray) else video
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8: raise ValueError(f"expected uint8 frames [T, H, W, 3], got {x.dtype} {tuple(x.shape)}")
-        return resize_clip(x[torch.from_numpy(segment_indices(len(x), self.num_frames))], self.size)
+        return resize_clip(x[torch.from_numpy(segment_indices(len(x), self.num_frames))], self.size, self.interpolation)
 
     @torch.no_grad()
     def embed(self, clips: torch.Tensor) -> np.ndarray:  # [B, T, size, size, 3] uint8 -> [B, D] float32
@@ -115,12 +117,13 @@ def video_encoder_from_checkpoint(ckpt_dir: str | Path,                   # a St
                                   device: str = "auto",                   # 'auto', 'cpu' or 'cuda'
                                   amp: str = "auto",                      # 'auto', 'bf16' or 'none'
                                   num_frames: int | None = None,          # frames per video (None: the model's; see `VideoEncoder`)
+                                  interpolation: str = "bilinear",        # resize filter, "bilinear" or "bicubic"
                                   ) -> VideoEncoder:
     "The video encoder of a trained Stage-1 checkpoint."
     path, dev = checkpoint_file(ckpt_dir, which), get_device(device)
     model, _ = load_stage1(path, device=dev)
     src = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "init_seed": None}
-    return VideoEncoder(model, src, dev, resolve_amp(amp, dev), num_frames)
+    return VideoEncoder(model, src, dev, resolve_amp(amp, dev), num_frames, interpolation)
 
 
 def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weights (CLIP or none)
@@ -128,6 +131,7 @@ def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weig
                       device: str = "auto",  # 'auto', 'cpu' or 'cuda'
                       amp: str = "auto",     # 'auto', 'bf16' or 'none'
                       num_frames: int | None = None,  # frames per video (None: the model's; see `VideoEncoder`)
+                      interpolation: str = "bilinear",  # resize filter, "bilinear" or "bicubic"
                       ) -> VideoEncoder:
     "An encoder without Stage-1 training: CLIP weights or a seeded random initialisation."
     dev = get_device(device)
@@ -136,7 +140,7 @@ def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weig
     weights = model.checkpoint_path or (cached_weights(aim_cfg(model.name)) if model.pretrained else None)
     src = {"checkpoint": None if weights is None else str(weights), "checkpoint_sha256": None if weights is None else file_sha256(weights),
            "init_seed": seed}
-    return VideoEncoder(m, src, dev, resolve_amp(amp, dev), num_frames)
+    return VideoEncoder(m, src, dev, resolve_amp(amp, dev), num_frames, interpolation)
 
 # %% ../../nbs/30_eval.embed.ipynb #344d111b
 def load_video_encoder(checkpoint: str | Path, device: str = "cpu") -> VideoEncoder:
@@ -231,14 +235,15 @@ def _video_table(labels: pd.DataFrame, video_roots: VideoRoots) -> pd.DataFrame:
 
 class _Clips(Dataset):
     "Clips of (video_id, dataset, key) items; an unreadable video yields its reason instead of frames."
-    def __init__(self, items: list[tuple[str, str, str]], roots: VideoRoots, num_frames: int, size: int):
-        self.items, self.roots, self.n, self.size = items, roots, num_frames, size
+    def __init__(self, items: list[tuple[str, str, str]], roots: VideoRoots, num_frames: int, size: int, interpolation: str = "bilinear"):
+        self.items, self.roots, self.n, self.size, self.interpolation = items, roots, num_frames, size, interpolation
 
     def __len__(self) -> int: return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
         vid, ds, key = self.items[i][:3]
-        try: return vid, load_clip(resolve_video(video_root(ds, self.roots), key), self.n, self.size, mode="center"), None
+        try: return vid, load_clip(resolve_video(video_root(ds, self.roots), key), self.n, self.size, mode="center",
+                                   interpolation=self.interpolation), None
         except VideoError as e: return vid, None, str(e)
         except Exception as e: return vid, None, f"{type(e).__name__}: {e}"
 
@@ -305,7 +310,7 @@ def _extract(encoder: VideoEncoder, labels: pd.DataFrame, video_roots: VideoRoot
     parts = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)][rank::world]
     items = [it for p in parts for it in p]
     say(f"{len(videos)} videos, {len(done)} already encoded, {len(items)} to encode in {len(parts)} part(s) of up to {shard_size}")
-    loader = DataLoader(_Clips(items, video_roots, encoder.num_frames, encoder.size), batch_size=batch_size,
+    loader = DataLoader(_Clips(items, video_roots, encoder.num_frames, encoder.size, encoder.interpolation), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=list)
     buf_ids, buf_emb, buf_failed, p = [], [], {}, 0
     bar = tqdm(total=len(items), desc=f"embed {encoder.variant.name} [{rank}/{world}]", unit="video", disable=not (progress and rank == 0))
@@ -416,9 +421,11 @@ class EmbedConfig:
     num_workers: int = 0                    # data-loader processes decoding ahead
     device: str = "auto"     # auto (CUDA when present), cpu, cuda, cuda:N or mps
     amp: Literal["auto", "bf16", "none"] = "auto"    # bf16 autocast (CUDA only); auto: bf16 on CUDA
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # resize filter of every encoder (the published extractor: bicubic)
 
     def __post_init__(self):
         if not self.encoders: raise ValueError("encoders must name at least one encoder")
+        if self.interpolation not in INTERPOLATIONS: raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         check_device(self.device)
         for k, hi in (("batch_size", 65_536), ("shard_size", 10_000_000)):
             if not 1 <= getattr(self, k) <= hi: raise ValueError(f"{k} must be in 1..{hi}, got {getattr(self, k)}")
@@ -430,11 +437,13 @@ def build_encoder(spec: EncoderSpec,       # the encoder's entry of `embed.encod
                   device: str = "auto",    # 'auto', 'cpu' or 'cuda'
                   amp: str = "auto",       # 'auto', 'bf16' or 'none'
                   name: str = "",          # its name in `embed.encoders` (named in a frame-count error)
+                  interpolation: str = "bilinear",  # resize filter (`EmbedConfig.interpolation`)
                   ) -> VideoEncoder:
     "The encoder an `EncoderSpec` describes."
     try:
-        if spec.checkpoint is not None: return video_encoder_from_checkpoint(spec.checkpoint, spec.which, device, amp, spec.num_frames)
-        return untrained_encoder(spec.model, seed, device, amp, spec.num_frames)
+        if spec.checkpoint is not None:
+            return video_encoder_from_checkpoint(spec.checkpoint, spec.which, device, amp, spec.num_frames, interpolation)
+        return untrained_encoder(spec.model, seed, device, amp, spec.num_frames, interpolation)
     except _FrameCount as e: raise ValueError(f"embed.encoders.{name or '?'}: {e}") from None
 
 
@@ -456,7 +465,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     if a.name not in cfg.encoders: raise ValueError(f"{a.params}: embed.encoders.{a.name}: no such encoder (known: {', '.join(cfg.encoders)})")
     labels, roots = pd.read_parquet(a.labels), args_roots(a)
     with distributed(cfg.device) as d:
-        enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp, a.name)
+        enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp, a.name, cfg.interpolation)
         folder = extract_embeddings(enc, labels, roots, a.cache_root or Path("embeddings") / a.name, cfg.batch_size,
                                     cfg.shard_size, cfg.num_workers)
     if d.main:

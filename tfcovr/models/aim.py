@@ -290,8 +290,7 @@ def unwrap_state_dict(obj: Mapping[str, Any],  # what `read_state_dict` returned
     prefixed = [k.startswith("model.") for k in obj]
     if any(prefixed) and not all(prefixed):
         odd = [k for k, p in zip(obj, prefixed) if not p]
-        raise ModelFileError(f"checkpoint {where}: mixes keys with Lightning's 'model.' prefix and keys without ({len(odd)}: "
-                             f"{', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''})")
+        raise ModelFileError(f"checkpoint {where}: mixes keys with Lightning's 'model.' prefix and {_listed('keys without', odd)}")
     prefix = "model." if obj and all(prefixed) else ""
     return {k[len(prefix):]: v for k, v in obj.items()}, prefix
 
@@ -335,7 +334,7 @@ def cached_weights(variant: AIMVariant) -> Path:
         f"(https://huggingface.co/{repo}), an open_clip or OpenAI CLIP ViT-B/16 state dict (.safetensors, .bin or .pth); "
         f"or on a connected machine run `huggingface-cli download {repo}` and copy its cache here (set HF_HUB_CACHE).")
 
-# %% ../../nbs/21_models.aim.ipynb #19b94a8d
+# %% ../../nbs/21_models.aim.ipynb #55050ed2
 _TO_PUBLISHED = (  # (pattern in our state-dict name, its replacement in the published ViT_CLIP name), applied in order
     (r"^patch_embed\.proj\.", "conv1."), (r"^cls_token$", "class_embedding"), (r"^pos_embed$", "positional_embedding"),
     (r"^norm_pre\.", "ln_pre."), (r"^norm\.", "ln_post."), (r"^head\.", "fc_cls."),

@@ -20,11 +20,11 @@ from torchvision.transforms.v2 import functional as TF
 from ..models.aim import AIMVariant, aim_cfg, preprocess
 from ..core import rng
 from ..data.labels import action_classes
-from ..data.video import (SHORT, VideoError, VideoRoots, handle_short, load_clip, resize_clip, resolve_paths, resolve_video, segment_indices,
+from ..data.video import (INTERPOLATIONS, SHORT, VideoError, VideoRoots, handle_short, load_clip, resize_clip, resolve_paths, resolve_video, segment_indices,
                           video_length, write_mp4)
 
 # %% auto #0
-__all__ = ['TRAIN_FRAMES', 'INTERPOLATIONS', 'class_index', 'crop_box', 'augment_clip', 'ClipDataset']
+__all__ = ['TRAIN_FRAMES', 'class_index', 'crop_box', 'augment_clip', 'ClipDataset']
 
 # %% ../../nbs/41_train.clips.ipynb #150631b5
 def class_index(labels: pd.DataFrame,  # a labels table (`label_id` column)
@@ -63,8 +63,12 @@ def augment_clip(frames: torch.Tensor,                      # [T, H, W, 3] uint8
     "One crop box, one flip and one RandAugment policy per clip, applied to every frame alike."
     T, H, W, _ = frames.shape
     top, left, ch, cw = crop_box(H, W, g, scale)
-    x = TF.resized_crop(frames.permute(0, 3, 1, 2), top, left, ch, cw, [size, size], interpolation=InterpolationMode(interpolation),
-                        antialias=True)                       # [T, 3, size, size]
+    if interpolation not in INTERPOLATIONS: raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    bicubic = interpolation == "bicubic"                        # in float, then rounded and clamped, as `resize_clip` does
+    x = frames.permute(0, 3, 1, 2)                              # [T, 3, H, W]
+    x = TF.resized_crop(x.float() if bicubic else x, top, left, ch, cw, [size, size], interpolation=InterpolationMode(interpolation),
+                        antialias=True)                         # [T, 3, size, size]
+    if bicubic: x = x.round_().clamp_(0, 255).to(torch.uint8)
     if g.random() < 0.5 and hflip: x = TF.horizontal_flip(x)
     if randaugment is not None:
         with torch.random.fork_rng(devices=[]):               # RandAugment draws from torch's generator: seed it from g
@@ -74,7 +78,6 @@ def augment_clip(frames: torch.Tensor,                      # [T, H, W, 3] uint8
 
 # %% ../../nbs/41_train.clips.ipynb #2e680222
 TRAIN_FRAMES = ("random", "centre")        # training clips: a random frame in each equal segment, or each segment's centre frame
-INTERPOLATIONS = ("bilinear", "bicubic")  # resize filters (antialiased); the published extractor resizes bicubic
 
 
 class ClipDataset(Dataset):

@@ -68,13 +68,13 @@ def config_diff(old: Mapping[str, Any],  # the stored run description
 def check_resume(old: Mapping[str, Any] | None,  # the run description stored with the checkpoint (None: none stored)
                  new: Mapping[str, Any],         # this run's description
                  folder: str | Path,             # the checkpoint folder (for the message)
+                 hint: str = "pass resume=False (or use another out_dir) to start over",  # how to start over, ending the message
                 ) -> None:
     "Raise a `ValueError` naming `folder` and the differing fields unless the checkpoint is this run's."
     if old == new: return
     diff = config_diff(old or {}, new) if isinstance(old, Mapping) else ["no run description stored"]
     more = f"; ... ({len(diff) - 6} more)" if len(diff) > 6 else ""
-    raise ValueError(f"{folder} holds a checkpoint of another run ({'; '.join(diff[:6])}{more}): "
-                     "pass resume=False (or use another out_dir) to start over")
+    raise ValueError(f"{folder} holds a checkpoint of another run ({'; '.join(diff[:6])}{more}): {hint}")
 
 # %% ../../nbs/40_train.common.ipynb #f13da685
 def plot_history(history: Sequence[Mapping[str, Any]] | pd.DataFrame,  # one row per epoch, with an `epoch` column

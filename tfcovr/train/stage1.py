@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -28,18 +29,20 @@ from tqdm.auto import tqdm
 from ..core import (DistInfo, atomic_dir, atomic_path, atomic_write, autocast, barrier, check_device, derive_seed, distributed,
                          get_device, load_params, resolve_amp, seed_everything, stable_hash, to_dict, write_json)
 from ..data.labels import ClassList, DataConfig, action_classes, check_classes
-from ..data.video import VideoRoots, add_data_args, args_roots, video_fingerprint
+from ..data.video import INTERPOLATIONS, VideoRoots, add_data_args, args_roots, video_fingerprint
 from ..models.aim import AIMConfig, aim_cfg, load_stage1, save_weights, weights_sha256
 from ..models.io import ModelFileError, load_weights, read_torch_state
-from .clips import ClipDataset
+from .clips import TRAIN_FRAMES, ClipDataset
 from .common import all_sum, check_resume, lr_factor, param_groups, plot_history
 
 # %% auto #0
-__all__ = ['MAX_EPOCHS', 'MAX_BATCH', 'MAX_WORKERS', 'CURVES', 'Stage1Config', 'validate', 'Stage1Clips', 'stage1_clips',
-           'Stage1Result', 'train_stage1', 'predict_stage1', 'load_stage1_params', 'stage1_main']
+__all__ = ['MAX_EPOCHS', 'MAX_BATCH', 'MAX_WORKERS', 'ON_MISMATCH', 'CURVES', 'Stage1Config', 'validate', 'Stage1Clips',
+           'stage1_clips', 'plan_clip_cache', 'Stage1Result', 'run_config', 'train_stage1', 'predict_stage1',
+           'load_stage1_params', 'stage1_main']
 
 # %% ../../nbs/42_train.stage1.ipynb #fcd3f574
 MAX_EPOCHS, MAX_BATCH, MAX_WORKERS = 100_000, 65_536, 256  # beyond these a config value is a typo, not a plan
+ON_MISMATCH = ("error", "restart")   # a checkpoint of another run in out_dir/last: raise naming what differs, or start over
 
 
 @dataclasses.dataclass
@@ -60,7 +63,11 @@ class Stage1Config:
     train_split: str = "train"             # split the classifier trains on: train, always
     val_split: str = "val"                 # split that selects the best epoch: val, always (test is the retrieval test set)
     num_workers: int = 0                   # data-loader processes per training process
-    cache_clips: bool = False              # decode each video once and keep it in memory (small benchmarks; needs num_workers 0)
+    cache_clips: bool | Literal["auto"] = "auto"  # keep decoded clips in memory: auto (when they fit cache_budget_gb), true, false
+    cache_budget_gb: float = 16.0          # memory (GB) the clip caches of one machine may take, all its processes together
+    train_frames: Literal["random", "centre"] = "random"  # training frame of each segment: random offset, or centre (the published recipe)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # resize filter of clips and crops (the published extractor: bicubic)
+    on_mismatch: Literal["error", "restart"] = "error"  # out_dir/last holds another run: raise naming what differs, or start over
     device: str = "auto"     # auto (CUDA when present), cpu, cuda, cuda:N or mps
     amp: Literal["auto", "bf16", "none"] = "auto"    # bf16 autocast (CUDA only); auto: bf16 on CUDA, none on CPU
 
@@ -84,8 +91,13 @@ class Stage1Config:
         if self.val_split != "val": raise ValueError(
             f"val_split must be 'val', got {self.val_split!r}: Stage 1 selects its checkpoint on the val clips only (test is the retrieval test set)")
         if not 0 <= self.num_workers <= MAX_WORKERS: raise ValueError(f"num_workers must be in 0..{MAX_WORKERS}, got {self.num_workers}")
-        if self.cache_clips and self.num_workers: raise ValueError(
+        if not (isinstance(self.cache_clips, bool) or self.cache_clips == "auto"):
+            raise ValueError(f"cache_clips must be auto, true or false, got {self.cache_clips!r}")
+        if self.cache_clips is True and self.num_workers: raise ValueError(
             f"cache_clips needs num_workers 0 (got {self.num_workers}): worker processes end with their epoch and take the cache with them")
+        if not 0 < self.cache_budget_gb < math.inf: raise ValueError(f"cache_budget_gb must be > 0 (finite), got {self.cache_budget_gb}")
+        for k, ok in (("train_frames", TRAIN_FRAMES), ("interpolation", INTERPOLATIONS), ("on_mismatch", ON_MISMATCH)):
+            if getattr(self, k) not in ok: raise ValueError(f"{k} must be one of {', '.join(ok)}, got {getattr(self, k)!r}")
         if self.device == "cpu" and self.amp == "bf16": raise ValueError("amp 'bf16' needs CUDA: use amp 'none' or 'auto' on CPU")
 
 # %% ../../nbs/42_train.stage1.ipynb #4d652802
@@ -164,15 +176,40 @@ def stage1_clips(labels: pd.DataFrame,                   # the labels table (fin
 CURVES = {"loss": ("train_loss", "val_loss"), "accuracy": ("train_acc", "val_acc")}  # the panels of curves.png
 
 
-def _write_reports(out: Path, history: list[dict], best: dict, run: dict, data: Stage1Clips) -> None:
+def _write_reports(out: Path, history: list[dict], best: dict, run: dict, data: Stage1Clips, extra: dict[str, Any]) -> None:
     df = pd.DataFrame(history)
     with atomic_path(out / "history.tsv") as tmp: df.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     write_json(out / "metrics.json", {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"],
                                       "last_val_acc": history[-1]["val_acc"], "epochs_done": len(history),
                                       "num_classes": len(run["classes"]), "classes_without_train_clips": data.no_train_clips,
-                                      "clips_left_out": data.left_out})
+                                      "clips_left_out": data.left_out, **extra})
     import matplotlib.pyplot as plt
     plt.close(plot_history(df, CURVES, out / "curves.png", title=f"{run['model']} ({run['num_frames']} frames)"))
+
+# %% ../../nbs/42_train.stage1.ipynb #75777d1b
+def _size(n: float) -> str: return f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
+
+
+def plan_clip_cache(cfg: Stage1Config,      # the run's config (`cache_clips`, `cache_budget_gb`, `num_workers`)
+                    train: ClipDataset,     # the training clips
+                    val: ClipDataset,       # the validation clips
+                    world: int = 1,         # processes of the run
+                    local: int = 1,         # processes on this machine
+                    ) -> dict[str, Any]:    # setting, cached, estimate_gb, budget_gb, processes, note (one line)
+    "Whether the run caches its decoded clips: the caches' estimated size on this machine against `cache_budget_gb`."
+    est = local * train.cache_bytes() + math.ceil(val.cache_bytes() * local / world)
+    fits, budget = est <= cfg.cache_budget_gb * 1e9, cfg.cache_budget_gb
+    cached = (fits and not cfg.num_workers) if cfg.cache_clips == "auto" else bool(cfg.cache_clips)
+    kept = "every frame" if train.mode == "random" else f"{train.num_frames} frames"
+    what = (f"~{_size(est)} ({len(train)} train clips x {kept} at full size, {len(val)} val clips x {val.num_frames} frames at "
+            f"{val.size}x{val.size}, RGB uint8, {local} process(es) on this machine)")
+    setting = {True: "true", False: "false"}.get(cfg.cache_clips, cfg.cache_clips)
+    if cfg.cache_clips == "auto" and cfg.num_workers: why = f"num_workers {cfg.num_workers} (worker processes drop their cache every epoch)"
+    else: why = f"{'within' if fits else 'above'} cache_budget_gb {budget:g}"
+    note = f"clip cache {setting} -> {'on' if cached else 'off'}: {what}, {why}"
+    return {"setting": setting, "cached": cached, "estimate_gb": round(est / 1e9, 6), "budget_gb": budget, "processes": local,
+            "note": note}
+
 
 # %% ../../nbs/42_train.stage1.ipynb #75a85800
 @dataclasses.dataclass
@@ -188,6 +225,8 @@ class Stage1Result:
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # wall time of each epoch this call ran (not saved: outputs stay byte-identical)
     left_out: int = 0                      # train and val clips whose label is no class
     no_train_clips: list[str] = dataclasses.field(default_factory=list)  # classes without a training clip
+    effective_batch: int = 0               # clips per optimiser step: batch_size * grad_accum * world_size
+    clip_cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # `plan_clip_cache`: the estimate and the decision
 
 
 def _left_note(data: Stage1Clips) -> str:
@@ -211,6 +250,17 @@ def _clips_digest(ds: ClipDataset) -> str:
     return stable_hash(sorted(zip(ds.rows.video_id.astype(str), ds.rows.label_id.astype(str), map(video_fingerprint, ds.paths))))
 
 
+_HOW = ("num_workers", "cache_clips", "cache_budget_gb", "on_mismatch")   # how clips load, what a mismatch does: not which run
+_SINCE = {"train_frames": "random", "interpolation": "bilinear"}          # keys added later, with the behaviour runs had before them
+
+
+def run_config(cfg: Stage1Config) -> dict[str, Any]:
+    "The config part of the run description: what decides the weights (`_HOW` keys left out; `_SINCE` keys only when not the old behaviour)."
+    out = {k: v for k, v in to_dict(cfg).items() if k not in _HOW and not (k in _SINCE and v == _SINCE[k])}
+    out["model"]["freeze_backbone"] = cfg.model.frozen   # resolved: `null` and the value it stands for are one run
+    return out
+
+
 def _load_trainer(out: Path, run: dict, on_mismatch: str) -> dict | None:
     f = out / "last" / "trainer.pt"
     if not f.is_file(): return None
@@ -218,7 +268,8 @@ def _load_trainer(out: Path, run: dict, on_mismatch: str) -> dict | None:
     try: old = json.loads(state["run"])
     except (TypeError, json.JSONDecodeError): raise ModelFileError(f"{f}: its 'run' entry is not the JSON run description") from None
     if old != run and on_mismatch == "restart": return None
-    check_resume(old, run, out / "last")
+    check_resume(old, run, out / "last", hint=f"to discard its {state['epoch']} epoch(s) and start over, set on_mismatch: restart "
+                 "(params.yaml: stage1.<variant>.on_mismatch) or pass resume=False; to continue it, restore the settings it was trained with")
     return state
 
 
@@ -229,7 +280,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
                  seed: int,                         # the project seed
                  resume: bool = True,               # continue from out_dir/last when it is this run's
                  stop_after: int | None = None,     # end this call after so many epochs (None: run to the end)
-                 on_mismatch: Literal["raise", "restart"] = "raise",  # a checkpoint of another run: raise, or start over
+                 on_mismatch: Literal["error", "restart"] | None = None,  # a checkpoint of another run: raise, or start over; None: cfg's
                  progress: bool = True,             # tqdm bars (rank 0)
                  log_every: int = 1,                # print one line every this many epochs (rank 0); 0: none
                  classes: Sequence[str] | None = None,  # the class list (`tfcovr.data.labels.action_classes`); None: the table's labels
@@ -237,20 +288,29 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
     "Train AIM as an action classifier; checkpoints every epoch and resumes exactly."
     out = Path(out_dir)
     if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
+    on_mismatch = cfg.on_mismatch if on_mismatch is None else on_mismatch
+    if on_mismatch not in ON_MISMATCH: raise ValueError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
     data = stage1_clips(labels, classes, cfg.train_split, cfg.val_split)
     classes, tr_df, va_df = data.classes, data.train, data.val
     v = aim_cfg(cfg.model.name)
     ds_kw = dict(video_roots=video_roots, num_frames=cfg.model.num_frames, size=v.img_size, seed=seed, classes=classes, variant=v,
-                 cache=cfg.cache_clips)
-    train_ds = ClipDataset(tr_df, train=True, crop_scale=cfg.crop_scale, hflip=cfg.hflip, randaugment=cfg.randaugment, **ds_kw)
+                 interpolation=cfg.interpolation)
+    train_ds = ClipDataset(tr_df, train=True, crop_scale=cfg.crop_scale, hflip=cfg.hflip, randaugment=cfg.randaugment,
+                           train_frames=cfg.train_frames, **ds_kw)
     val_ds = ClipDataset(va_df, train=False, **ds_kw)
     with distributed(cfg.device) as d:
         amp = resolve_amp(cfg.amp, d.device)
-        conf = {k: val for k, val in to_dict(cfg).items() if k not in ("num_workers", "cache_clips")}
-        run = {"config": conf, "model": cfg.model.name, "num_frames": cfg.model.num_frames, "size": v.img_size,
+        run = {"config": run_config(cfg), "model": cfg.model.name, "num_frames": cfg.model.num_frames, "size": v.img_size,
                "classes": classes, "seed": seed, "world_size": d.world,
                "clips": {"train": _clips_digest(train_ds), "val": _clips_digest(val_ds)}}
         state = _load_trainer(out, run, on_mismatch) if resume else None
+        cache = plan_clip_cache(cfg, train_ds, val_ds, d.world, min(d.world, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        for ds in (train_ds, val_ds): ds.set_cache(cache["cached"])
+        if cfg.cache_clips is True and cache["estimate_gb"] > cfg.cache_budget_gb and d.main:
+            warnings.warn(f"stage1 {out.name}: cache_clips true above the budget: {cache['note']}; set cache_clips auto or false, "
+                          "or raise cache_budget_gb if the machine has the memory", stacklevel=2)
+        effective = cfg.batch_size * cfg.grad_accum * d.world
+        extra = {"effective_batch": effective, "clip_cache": {k: val for k, val in cache.items() if k != "note"}}
         if state is None and d.main:
             for name in _FILES: _remove(out / name)
             write_json(out / "config.json", run)
@@ -279,6 +339,10 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
         say(f"epochs {start + 1}..{end} of {cfg.epochs}, {len(train_ds)} train and {len(val_ds)} val clips, "
             f"{len(classes)} classes, {d.world} process(es) on {d.device.type}{_left_note(data)}" if start < end
             else f"done ({start}/{cfg.epochs} epochs)")
+        if start < end:
+            say(f"effective batch {effective} ({cfg.batch_size} clips x {cfg.grad_accum} accumulated x {d.world} process(es)); "
+                f"frames: {cfg.train_frames}, {cfg.interpolation}")
+            say(cache["note"])
         for epoch in tqdm(range(start, end), desc=f"stage1 {cfg.model.name}", initial=start, total=cfg.epochs,
                           disable=not (progress and d.main)):
             torch.manual_seed(derive_seed(seed, "stage1", "epoch", epoch, "rank", d.rank))  # dropout, drop-path
@@ -299,7 +363,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
                     with atomic_write(tmp / "trainer.pt", "wb") as f:
                         torch.save({"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                     "history": history, "best": best, "run": json.dumps(run)}, f)
-                _write_reports(out, history, best, run, data)
+                _write_reports(out, history, best, run, data, extra)
             if (epoch + 1) % max(log_every, 1) == 0 or epoch + 1 == end:
                 say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.3f} train_acc {row['train_acc']:.3f} "
                     f"val_acc {row['val_acc']:.3f} ({times[-1]:.1f} s)")
@@ -311,7 +375,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
             dist.all_gather_object(shas, sha)
             if len(set(shas)) > 1: raise RuntimeError(f"ranks ended with different weights: {shas}")
     return Stage1Result(out, classes, history, best["epoch"], best["val_acc"], len(history) >= cfg.epochs, sha, times,
-                        data.left_out, data.no_train_clips)
+                        data.left_out, data.no_train_clips, effective, extra["clip_cache"])
 
 # %% ../../nbs/42_train.stage1.ipynb #6ef71e75
 @torch.no_grad()
@@ -326,7 +390,8 @@ def predict_stage1(run_dir: str | Path,                  # a Stage-1 run folder
     dev = get_device(device)
     model, meta = load_stage1(run_dir, device=dev)
     rows = labels[(labels["split"] == split) & labels["label_id"].astype(str).isin(set(meta["classes"]))]
-    ds = ClipDataset(rows, video_roots, meta["num_frames"], meta["size"], train=False, seed=0, classes=meta["classes"], variant=model.variant)
+    ds = ClipDataset(rows, video_roots, meta["num_frames"], meta["size"], train=False, seed=0, classes=meta["classes"], variant=model.variant,
+                     interpolation=meta.get("config", {}).get("interpolation", "bilinear"))   # the run's resize filter
     amp, preds = resolve_amp("auto", dev), []
     for x, _ in DataLoader(ds, batch_size=batch_size):
         with autocast(amp, dev): preds += model(x.to(dev)).argmax(-1).tolist()

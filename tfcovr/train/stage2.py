@@ -23,12 +23,12 @@ from ..core import DistInfo, atomic_dir, atomic_write, check_columns, check_devi
 from ..eval.evaluate import GROUND_TRUTHS, STAGE2_MODEL, build_gallery, evaluate_model, query_features
 from ..eval.metrics import DEFAULT_KS
 from ..models.composed import ArrayEmbeddings, ComposedModel, QueryMode, model_device, save_pretrained  # also re-exported
-from ..models.composed import CONFIG_FILE, MAX_DIM, WEIGHTS_FILE, weights_dim
+from ..models.composed import MAX_DIM, WEIGHTS_FILE, load_model, weights_dim, write_model
 from ..models.fusion import FusionConfig, check_dims
-from ..models.io import ModelFileError, load_weights, read_json_object, read_torch_state, write_weights
+from ..models.io import ModelFileError, read_json_object, read_torch_state
 from ..models.losses import LossConfig, create_loss
 from ..models.text import TextConfig
-from .common import all_sum, check_resume, lr_factor, param_groups, plot_history
+from .common import all_sum, config_diff, lr_factor, param_groups, plot_history
 
 # %% auto #0
 __all__ = ['Stage2Config', 'Stage2Run', 'make_batches', 'val_video_table', 'validate', 'Stage2Result', 'curves', 'train_stage2']
@@ -55,6 +55,8 @@ class Stage2Config:
     val_gt: Literal["target_videos", "label"] = "target_videos"  # validation GT (the evaluator's ground_truth): the triplet's
                                          # target_videos, or every gallery video of the target label
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    on_mismatch: Literal["error", "restart"] = "error"  # a last/ checkpoint of another configuration or data: raise naming
+                                         # the fields that differ, or start the run over
 
     def __post_init__(self):
         check_device(self.device)
@@ -72,6 +74,7 @@ class Stage2Config:
         if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks): raise ValueError(f"ks must be distinct positive ints, got {self.ks}")
         if self.select not in [f"{m}@{k}" for m in ("mAP", "R") for k in self.ks]:
             raise ValueError(f"select must be mAP@K or R@K with K in ks {self.ks}, got {self.select!r}")
+        if self.on_mismatch not in ("error", "restart"): raise ValueError(f"on_mismatch must be error or restart, got {self.on_mismatch!r}")
         if self.val_gt not in GROUND_TRUTHS: raise ValueError(f"val_gt must be one of {', '.join(GROUND_TRUTHS)}, got {self.val_gt!r}")
 
 # %% ../../nbs/43_train.stage2.ipynb #354d8207
@@ -181,20 +184,20 @@ def _cache_digest(embeddings) -> str:
 
 def _run_description(cfg: Stage2Config, seed: int, train: pd.DataFrame, val: pd.DataFrame, embeddings, targets,
                      world: int) -> dict[str, Any]:
-    "Everything that decides the weights: config (device aside), seed, process count, digests of the data and of both caches."
+    "Everything that decides the weights: config (device and on_mismatch aside), seed, process count, digests of the data and of both caches."
     def digest(df: pd.DataFrame, cols) -> str:
         d = df[list(cols)].copy()
         if "target_videos" in d: d["target_videos"] = d["target_videos"].map(lambda v: json.dumps([str(x) for x in v]))  # lists, in full
         return hashlib.sha256(pd.util.hash_pandas_object(d.astype(str), index=False).to_numpy().tobytes()).hexdigest()[:16]
-    return {"config": {k: v for k, v in to_dict(cfg).items() if k != "device"}, "seed": seed, "world": world,
+    return {"config": {k: v for k, v in to_dict(cfg).items() if k not in ("device", "on_mismatch")}, "seed": seed, "world": world,
             "data": {"train": digest(train, _TRAIN_NEEDS), "val": digest(val, _val_needs(cfg.val_gt)),
                      "embeddings": _cache_digest(embeddings), "target_embeddings": _cache_digest(targets)}}
 
 
 def _save_last(folder: Path, model: ComposedModel, opt, state: dict) -> None:
+    "The resume point: the model as `save_pretrained` writes it, the optimiser state and the progress."
     with atomic_dir(folder) as tmp:
-        write_json(tmp / CONFIG_FILE, model.config)
-        write_weights(model, tmp / WEIGHTS_FILE)
+        write_model(model, tmp)
         if opt is not None:
             with atomic_write(tmp / "optimizer.pt", "wb") as f: torch.save(opt.state_dict(), f)
         write_json(tmp / "state.json", state)
@@ -203,10 +206,22 @@ def _save_last(folder: Path, model: ComposedModel, opt, state: dict) -> None:
 _STATE_KEYS = ("run", "epoch", "step", "best", "history")
 
 
-def _load_last(folder: Path, model: ComposedModel, opt, run: dict) -> dict:
+def _run_diff(folder: Path, run: dict) -> str:
+    "The fields in which the run description of the checkpoint in `folder` differs from `run`, as one line ('': none)."
+    old = read_json_object(folder / "state.json", _STATE_KEYS)["run"]
+    if old == run: return ""
+    diff = config_diff(old, run) if isinstance(old, dict) else ["no run description stored"]
+    return "; ".join(diff[:6]) + (f"; ... ({len(diff) - 6} more)" if len(diff) > 6 else "")
+
+
+def _another_run(folder: Path, diff: str) -> ValueError:
+    return ValueError(f"{folder} holds a checkpoint of another run ({diff}): set on_mismatch: restart in this run's stage2 train "
+                      f"section of params.yaml (on_mismatch='restart' when calling train_stage2), or delete {folder}, to start it over")
+
+
+def _load_last(folder: Path, model: ComposedModel, opt) -> dict:
     state = read_json_object(folder / "state.json", _STATE_KEYS)
-    check_resume(state["run"], run, folder)
-    load_weights(model, folder / WEIGHTS_FILE)
+    load_model(model, folder)
     if opt is not None:
         try: opt.load_state_dict(read_torch_state(folder / "optimizer.pt"))
         except (ValueError, KeyError, RuntimeError) as e:
@@ -237,7 +252,8 @@ def train_stage2(cfg: Stage2Config,               # the `stage2` section
                  resume: bool = True,             # continue from out_dir/last when it exists
                  val_videos: pd.DataFrame | None = None,  # the val split's videos (video_id, label_id); None: from the triplets
                  stop_after: int | None = None,   # stop once this many epochs are done (a time-sliced job); None: all
-                 on_mismatch: Literal["error", "restart"] = "error",  # out_dir/last from another config or data: raise, or start afresh
+                 on_mismatch: Literal["error", "restart"] | None = None,  # out_dir/last from another config or data: raise, or start
+                                                  # afresh; None: cfg.on_mismatch
                  progress: bool = True,           # tqdm bars
                  log_every: int = 1,              # print one line every this many epochs (rank 0); 0: none
                  target_embeddings=None,          # Embeddings of the target videos (train targets, val gallery); None: `embeddings`
@@ -254,15 +270,19 @@ def _train(cfg, train, val, embeddings, target_embeddings, out_dir, seed, resume
            d: DistInfo, log_every):
     check_columns(train, _TRAIN_NEEDS, "train triplets"); check_columns(val, _val_needs(cfg.val_gt), "val triplets")
     targets = _target_cache(embeddings, target_embeddings)         # targets: training targets and the validation gallery
+    on_mismatch = cfg.on_mismatch if on_mismatch is None else on_mismatch
     if on_mismatch not in ("error", "restart"): raise ValueError(f"on_mismatch must be error or restart, got {on_mismatch!r}")
     rank, world, dev = d.rank, d.world, d.device
     last = out_dir / "last"
     run = _run_description(cfg, seed, train, val, embeddings, targets, world)
     has_last = resume and (last / "state.json").is_file()
-    if has_last and on_mismatch == "restart" and read_json_object(last / "state.json").get("run") != run:
-        has_last = False                                     # another configuration or data: start afresh
+    diff = _run_diff(last, run) if has_last else ""
+    if diff and on_mismatch == "restart":                    # another configuration or data: start afresh, and say why
+        if rank == 0: print(f"stage2 {out_dir.name}: {last} holds another run ({diff}): restarting (on_mismatch: restart)", flush=True)
+        has_last = False
     if not has_last and rank == 0: (out_dir / "metrics.json").unlink(missing_ok=True)
     dim = check_dims(weights_dim(last / WEIGHTS_FILE) if has_last else None, cfg.video_dim, embeddings.dim)
+    if has_last and diff: raise _another_run(last, diff)
     torch.manual_seed(derive_seed(seed, "stage2", "init"))
     model = ComposedModel(dim, cfg.query, cfg.text, cfg.fusion).to(dev)
     val_table = val_video_table(val, videos)                     # the evaluator's videos table of the split
@@ -279,7 +299,7 @@ def _train(cfg, train, val, embeddings, target_embeddings, out_dir, seed, resume
     if opt is not None and per_rank < 1: raise ValueError(f"{len(train)} train triplets make no batch of >= 2 rows for {world} process(es)")
     total = cfg.epochs * per_rank
     warmup = cfg.warmup_steps or round(cfg.warmup_fraction * total)
-    state = _load_last(last, model, opt, run) if has_last else {"run": run, "epoch": 0, "step": 0, "best": None, "history": []}
+    state = _load_last(last, model, opt) if has_last else {"run": run, "epoch": 0, "step": 0, "best": None, "history": []}
     model.cache_texts(texts + val.modification.astype(str).tolist(), progress=progress)
     evaluate_now = lambda: validate(model, val, embeddings, val_table, cfg.ks, cfg.val_gt, targets)
     say = (lambda line: print(f"stage2 {out_dir.name}: {line}", flush=True)) if log_every else (lambda line: None)
