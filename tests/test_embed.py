@@ -1,5 +1,6 @@
 """The embedding cache end to end: torchrun sharding, resumption after an interruption, failures that are never skipped,
-the image baseline's N-frame embeddings of a 1-frame model, and the resize filter (`embed.interpolation`)."""
+the image baseline's N-frame embeddings of a 1-frame model, the resize filter (`embed.interpolation`), and the published
+extractor's frames and whole-frame resize (`embed.frames`, `embed.fit`)."""
 import json
 import os
 import re
@@ -8,12 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import tfcovr.eval.embed as E
 from tfcovr.core import ParamsError, load_params
-from tfcovr.data.video import load_clip
+from tfcovr.data.video import load_clip, resize_clip, segment_indices, write_mp4
 from tfcovr.models.aim import AIMConfig, create_aim, preprocess, save_weights
 from tfcovr.toys import toy_clips
 from tfcovr.core import TMPDIR_ENV
@@ -42,7 +44,7 @@ def test_two_processes_shard_the_videos_and_match_one_process(toy, tmp_path):
     root, labels = toy
     params = tmp_path / "params.yaml"
     params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: null, model: "
-                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bilinear\n")
+                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bilinear\n  frames: centre\n  fit: crop\n")
     script = tmp_path / "embed.py"
     script.write_text("import sys\nfrom tfcovr.cli import main\nsys.exit(main(['embed', *sys.argv[1:]]))\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), "untrained",
@@ -187,7 +189,7 @@ def test_a_multi_frame_model_with_another_frame_count_is_an_error_naming_the_enc
         build_encoder(EncoderSpec(checkpoint=ckpt, num_frames=2), 0, "cpu", name="aim8")
     params = tmp_path / "params.yaml"                                            # an untrained model is checked with the params
     params.write_text("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: 12, model: "
-                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bilinear\n")
+                      f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bilinear\n  frames: centre\n  fit: crop\n")
     with pytest.raises(ParamsError, match="embed.encoders.untrained: model aim-tiny: num_frames 12 differs from the model's 4"):
         load_params(params, {"seed": int, "embed": EmbedConfig}, strict=False)
     with pytest.raises(ValueError, match=r"num_frames must be in 1\.\.64 or null, got 0"):
@@ -200,7 +202,7 @@ def test_embed_interpolation_bicubic_reaches_the_frames_and_the_key(tmp_path):
     labels.to_parquet(tmp_path / "labels.parquet")
     params = tmp_path / "params.yaml"
     text = ("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: null, model: "
-            f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bicubic\n")
+            f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n  interpolation: bicubic\n  frames: centre\n  fit: crop\n")
     params.write_text(text)
     args = ["--params", str(params), "--labels", str(tmp_path / "labels.parquet"), "--root", str(tmp_path / "videos")]
     assert E.embed_main(["untrained", *args, "--cache-root", str(tmp_path / "bicubic"), "--pointer", str(tmp_path / "bicubic.json")]) == 0
@@ -220,3 +222,44 @@ def test_embed_interpolation_bicubic_reaches_the_frames_and_the_key(tmp_path):
     assert not np.allclose(bilinear.emb, bicubic.emb, atol=1e-4)
     with pytest.raises(ValueError, match="interpolation must be one of bilinear, bicubic, got 'lanczos'"):
         EmbedConfig({"x": EncoderSpec(checkpoint=Path("m"))}, interpolation="lanczos")
+
+
+def test_published_frames_and_stretch_reach_the_clips_the_key_and_the_meta(tmp_path):
+    "Wide textured videos of 10 frames: 4 published frames [0, 3, 5, 8] (centres [1, 3, 6, 8]), the whole 64 x 128 frame squeezed."
+    g = np.random.default_rng(0)
+    videos = {f"w{i}": g.integers(0, 256, (10, 64, 128, 3), dtype=np.uint8) for i in range(3)}
+    for v, frames in videos.items(): write_mp4(tmp_path / "videos" / f"{v}.mp4", frames)
+    pd.DataFrame({"video_id": list(videos), "video_key": list(videos)}).to_parquet(tmp_path / "labels.parquet")
+    params = tmp_path / "params.yaml"
+    text = ("seed: 0\nembed:\n  encoders:\n    untrained: {checkpoint: null, which: best, num_frames: null, model: "
+            f"{json.dumps(MODEL)}}}\n  batch_size: 2\n  shard_size: 2\n  num_workers: 0\n  device: cpu\n  amp: none\n"
+            "  interpolation: bilinear\n  frames: FRAMES\n  fit: FIT\n")
+    args = ["--params", str(params), "--labels", str(tmp_path / "labels.parquet"), "--root", str(tmp_path / "videos")]
+    path = tmp_path / "videos" / "w1.mp4"
+    full = load_clip(path, 10)                                                   # every frame
+    caches = {}
+    for frames, fit in (("centre", "crop"), ("published", "crop"), ("centre", "stretch"), ("published", "stretch")):
+        params.write_text(text.replace("FRAMES", frames).replace("FIT", fit))
+        name = f"{frames}-{fit}"
+        assert E.embed_main(["untrained", *args, "--cache-root", str(tmp_path / name), "--pointer", str(tmp_path / f"{name}.json")]) == 0
+        caches[name] = c = load_embeddings(tmp_path / f"{name}.json")
+        enc = untrained_encoder(AIMConfig(**MODEL), seed=0, device="cpu", frames=frames, fit=fit)
+        assert c.meta["key"] == enc.key                                          # the stage's encoder is this one
+        assert c.meta["sampling"] == {"centre": "center", "published": "published"}[frames]
+        assert c.meta["preprocessing"]["resize"] == {"crop": "shorter side, centre crop, bilinear antialias",
+                                                     "stretch": "whole frame stretched to the square, bilinear antialias"}[fit]
+        idx = segment_indices(10, 4, c.meta["sampling"])
+        assert idx.tolist() == ([0, 3, 5, 8] if frames == "published" else [1, 3, 6, 8])
+        assert torch.equal(enc.clip(path), resize_clip(full[idx], 64, fit=fit))  # what the encoder sees, from a file ...
+        assert torch.equal(enc.clip(full.numpy()), enc.clip(path))                # ... or from a whole video's frames
+        np.testing.assert_allclose(c.lookup(["w1"])[0], enc(path), rtol=1e-5, atol=1e-6)   # the extraction's clips are the encoder's
+    assert caches["centre-crop"].meta["key"] == encoder().key                    # the defaults keep the key caches had
+    assert not {"frames", "fit"} & set(caches["centre-crop"].meta)
+    assert len({c.meta["key"] for c in caches.values()}) == 4
+    embs = list(caches.values())
+    assert all(not np.allclose(a.emb, b.emb, atol=1e-4) for i, a in enumerate(embs) for b in embs[i + 1:])
+    params.write_text(text.replace("FRAMES", "middle").replace("FIT", "crop"))
+    with pytest.raises(ParamsError, match=re.escape("embed.frames: expected one of 'centre' | 'published', got 'middle'")):
+        load_params(params, {"seed": int, "embed": EmbedConfig}, strict=False)
+    with pytest.raises(ValueError, match="fit must be one of crop, stretch, got 'pad'"):
+        EmbedConfig({"x": EncoderSpec(checkpoint=Path("m"))}, fit="pad")

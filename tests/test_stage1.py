@@ -1,6 +1,6 @@
 """Stage 1 end to end on toy clips: exact resume in a new process, two-process DDP with Gloo, errors that name the video, the
 clips it reads (train and val only), a given class list, and the switches of the paper's recipe at scale: centre training
-frames, the resize filter, the clip-cache decision, a resume that refuses another run, and the effective batch."""
+frames, the published extractor's frames, the resize filter and fit, the clip-cache decision, a resume that refuses another run, and the effective batch."""
 import dataclasses
 import json
 import os
@@ -21,8 +21,8 @@ from tfcovr.models.io import ModelFileError
 from tfcovr.core import TMPDIR_ENV, derive_seed, seed_everything, to_dict
 from tfcovr.models.aim import load_stage1
 from tfcovr.train.clips import ClipDataset
-from tfcovr.train.stage1 import Stage1Config, plan_clip_cache, stage1_clips, train_stage1
-from tfcovr.data.video import VideoError, load_clip, segment_indices, write_mp4
+from tfcovr.train.stage1 import Stage1Config, plan_clip_cache, predict_stage1, stage1_clips, train_stage1, validate
+from tfcovr.data.video import VideoError, load_clip, segment_indices, video_length, write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_epoch_lines(toy, tmp_path, capsys):
     train_stage1(cfg(epochs=3, warmup_epochs=0.0), labels, root / "videos", tmp_path / "aim", seed=0, progress=False, log_every=2)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "stage1 aim: epochs 1..3 of 3, 12 train and 4 val clips, 4 classes, 1 process(es) on cpu"
-    assert lines[1] == "stage1 aim: effective batch 4 (2 clips x 2 accumulated x 1 process(es)); frames: random, bilinear"
+    assert lines[1] == "stage1 aim: effective batch 4 (2 clips x 2 accumulated x 1 process(es)); frames: random, bilinear, crop"
     assert lines[2].startswith("stage1 aim: clip cache auto -> on: ~1.97 MB (12 train clips x every frame at full size, ")
     assert [l.split(" loss ")[0] for l in lines[3:]] == ["stage1 aim: epoch 2/3", "stage1 aim: epoch 3/3"]
     assert all(" train_acc " in l and " val_acc " in l and l.endswith(" s)") for l in lines[3:])
@@ -220,6 +220,59 @@ def test_centre_training_frames_are_the_evaluators_frames(tmp_path):
                 ds.set_epoch(epoch); drawn[mode].add(tuple(frames(ds.clip(0))))
     assert drawn["centre"] == {tuple(evaluator)}
     assert len(drawn["random"]) > 1
+
+
+def test_published_training_frames_are_the_validation_frames(tmp_path):
+    "Frame i of the video is a flat grey 20 i + 10; 5 of 12 frames: published [0, 2, 5, 7, 10], centres [1, 3, 6, 8, 10]."
+    write_mp4(tmp_path / "ramp.mp4", np.repeat(np.arange(10, 250, 20, dtype=np.uint8), 32 * 32 * 3).reshape(12, 32, 32, 3))
+    rows = pd.DataFrame({"video_id": ["ramp"], "video_key": ["ramp"], "label_id": ["x"]})
+    frames = lambda clip: [int(round((float(f.float().mean()) - 10) / 20)) for f in clip]
+    published, centres = segment_indices(12, 5, "published").tolist(), segment_indices(12, 5).tolist()
+    assert published != centres
+    kw = dict(num_frames=5, size=32, seed=0, crop_scale=(1.0, 1.0), hflip=False)
+    for cache in (False, True):
+        train = ClipDataset(rows, tmp_path, train=True, train_frames="published", cache=cache, **kw)
+        for epoch in range(3):
+            train.set_epoch(epoch); assert frames(train.clip(0)) == published
+        assert frames(ClipDataset(rows, tmp_path, train=False, train_frames="published", cache=cache, **kw).clip(0)) == published
+        for mode in ("centre", "random"):                                            # validation reads the centres
+            assert frames(ClipDataset(rows, tmp_path, train=False, train_frames=mode, cache=cache, **kw).clip(0)) == centres
+
+
+def widen(src: Path, labels: pd.DataFrame, dst: Path) -> Path:
+    "The toy clips in the middle of 64 x 128 frames with textured sides: a centre crop sees the clip, a stretch the whole frame."
+    g = np.random.default_rng(0)
+    for v in labels.video_id:
+        clip = load_clip(src / f"{v}.mp4", video_length(src / f"{v}.mp4")).numpy()        # [T, 64, 64, 3]
+        side = g.integers(0, 256, (len(clip), 64, 32, 3), dtype=np.uint8)
+        write_mp4(dst / f"{v}.mp4", np.concatenate([side, clip, side[:, :, ::-1]], axis=2))
+    return dst
+
+
+def test_published_frames_and_stretch_are_part_of_the_run_and_reach_validation(toy, tmp_path):
+    root, labels = toy
+    wide = widen(root / "videos", labels, tmp_path / "wide")
+    base = dataclasses.replace(cfg(epochs=1, warmup_epochs=0.0, cache_clips=False), model=AIMConfig("aim-tiny", num_frames=5))   # 5 of 12 frames: published != centres
+    cfgs = {"default": base, "published": dataclasses.replace(base, train_frames="published"),
+            "stretch": dataclasses.replace(base, fit="stretch"), "both": dataclasses.replace(base, train_frames="published", fit="stretch")}
+    runs = {n: train_stage1(c, labels, wide, tmp_path / n, seed=0, progress=False, log_every=0) for n, c in cfgs.items()}
+    conf = {n: json.loads((tmp_path / n / "config.json").read_text())["config"] for n in runs}
+    assert "fit" not in conf["default"] and "train_frames" not in conf["default"]        # runs made before the keys keep their description
+    assert (conf["published"]["train_frames"], conf["stretch"]["fit"]) == ("published", "stretch") and "fit" not in conf["published"]
+    assert len({r.weights_sha256 for r in runs.values()}) == 4                            # each switch changes the inputs
+    val = labels[labels.split == "val"]
+    for n, c in cfgs.items():                                                             # validation read the run's frames and fit
+        model, _ = load_stage1(tmp_path / n)
+        own, other = ({k: ClipDataset(val, wide, 5, 64, False, 0, classes=runs[n].classes, **kw)
+                       for k, kw in (("own", dict(train_frames=c.train_frames, fit=c.fit)), ("other", {}))}.values())
+        loss = {k: validate(model, torch.utils.data.DataLoader(ds, batch_size=2), torch.device("cpu"))["val_loss"] for k, ds in
+                (("own", own), ("other", other))}
+        assert loss["own"] == pytest.approx(runs[n].history[-1]["val_loss"], rel=1e-7)
+        if n != "default": assert loss["other"] != pytest.approx(loss["own"], rel=1e-6)   # a young model: inputs move the loss a little
+        pred = predict_stage1(tmp_path / n, labels, wide, device="cpu")                    # predictions read them too
+        assert pred.correct.mean() == pytest.approx(runs[n].history[-1]["val_acc"])
+    with pytest.raises(ValueError, match=re.escape("config.fit: stretch -> None")):
+        train_stage1(base, labels, wide, tmp_path / "stretch", seed=0, progress=False)
 
 
 def test_train_frames_and_interpolation_are_part_of_the_run(toy, tmp_path):

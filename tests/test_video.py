@@ -106,6 +106,30 @@ def test_random_sampling_stays_in_segments_and_repeats_under_a_seed(videos):
     with pytest.raises(ValueError, match="needs rng"): load_clip(videos / "ramp33.mp4", n, mode="random")
 
 
+def published_frames(L: int, n: int) -> list[int]:
+    "The published embedding extractor's frames, transcribed: edges int(linspace(0, L, n + 1)), frame (e_i + e_{i+1} - 1) // 2, clamped."
+    edges = [int(x) for x in np.linspace(0, L, n + 1)]
+    return [min(max((edges[i] + edges[i + 1] - 1) // 2, 0), L - 1) for i in range(n)]
+
+
+def test_published_sampling_is_the_published_extractors_rule():
+    assert segment_indices(10, 4, "published").tolist() == [0, 3, 5, 8] and segment_indices(10, 4).tolist() == [1, 3, 6, 8]
+    pairs = [(L, n) for L in range(1, 130) for n in (1, 2, 3, 5, 8, 12, 16, 32)]
+    differ = 0
+    for L, n in pairs:                                                          # L < n included: frames repeat
+        got = segment_indices(L, n, "published")
+        assert got.tolist() == published_frames(L, n), (L, n)
+        assert len(got) == n and got.min() >= 0 and got.max() <= L - 1 and (np.diff(got) >= 0).all()
+        differ += got.tolist() != segment_indices(L, n).tolist()
+    assert differ > 0.7 * len(pairs)                                            # not the segment centres, most of the time
+    assert segment_indices(3, 8, "published").tolist() == [0, 0, 0, 0, 0, 1, 1, 2]   # the lower middle: early frames repeat more
+
+
+@pytest.mark.parametrize("L", [7, 20, 33])
+def test_load_clip_reads_the_published_frames(videos, L):
+    assert ids(load_clip(videos / f"ramp{L}.mp4", 12, mode="published", short="repeat")) == published_frames(L, 12)
+
+
 def test_frame_folder_matches_the_mp4_sampling(videos):
     folder = resolve_video(videos, "comp/1")
     assert folder == videos / "comp" / "1" and video_length(folder) == 20
@@ -121,6 +145,22 @@ def test_resize_short_side_crop_and_exact(videos):
     crop = resize_clip(ramp_x.contiguous(), 224)[0, 0, :, 0].float()            # keeps columns 40..279 of 320
     assert abs(crop[0] - 40 * 255 / 319) < 3 and abs(crop[-1] - 279 * 255 / 319) < 3
     assert load_clip(videos / "tex.mp4", 4, size=(112, 150)).shape == (4, 112, 150, 3)
+
+
+def test_stretch_resizes_the_whole_frame_and_is_passed_through_load_clip(videos):
+    ramp_x = torch.linspace(0, 255, 320).round().to(torch.uint8)[None, None, :, None].expand(1, 240, 320, 3).contiguous()
+    whole = resize_clip(ramp_x, 224, fit="stretch")                            # every column kept, squeezed to 224
+    assert whole.shape == (1, 224, 224, 3) and whole.dtype == torch.uint8
+    assert whole[0, 0, 0, 0] < 3 and whole[0, 0, -1, 0] > 252                  # the crop starts at 32 and ends at 223 (test above)
+    assert torch.equal(whole, resize_clip(ramp_x, (224, 224)))
+    full = load_clip(videos / "tex.mp4", 4)
+    for interp in ("bilinear", "bicubic"):
+        got = load_clip(videos / "tex.mp4", 4, size=64, interpolation=interp, fit="stretch")
+        assert torch.equal(got, resize_clip(full, (64, 64), interp))
+        assert not torch.equal(got, load_clip(videos / "tex.mp4", 4, size=64, interpolation=interp))
+    assert torch.equal(load_clip(videos / "tex.mp4", 4, size=64), resize_clip(full, 64, fit="crop"))   # crop is the default
+    with pytest.raises(ValueError, match="fit must be one of crop, stretch, got 'pad'"):
+        load_clip(videos / "tex.mp4", 4, size=64, fit="pad")
 
 
 def test_bicubic_resize_is_clamped_and_passed_through_load_clip(videos):

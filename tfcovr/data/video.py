@@ -30,10 +30,11 @@ from .labels import ON_MISSING, params_roots
 decord.logging.set_level(decord.logging.QUIET)  # errors reach the caller as VideoError, not as stderr noise
 
 # %% auto #0
-__all__ = ['INTERPOLATIONS', 'SHORT', 'VideoRoots', 'VideoError', 'segment_indices', 'resize_clip', 'ShortVideoWarning',
-           'handle_short', 'load_clip', 'video_length', 'write_mp4', 'resolve_video', 'check_video', 'check_videos',
-           'check_parser', 'run_check', 'check_main', 'video_root', 'parse_roots', 'video_fingerprint', 'resolve_paths',
-           'add_data_args', 'args_roots', 'probe_video', 'MissingVideosError', 'screen_clips']
+__all__ = ['SAMPLING', 'INTERPOLATIONS', 'FITS', 'SHORT', 'VideoRoots', 'VideoError', 'segment_indices', 'resize_clip',
+           'ShortVideoWarning', 'handle_short', 'load_clip', 'video_length', 'write_mp4', 'resolve_video',
+           'check_video', 'check_videos', 'check_parser', 'run_check', 'check_main', 'video_root', 'parse_roots',
+           'video_fingerprint', 'resolve_paths', 'add_data_args', 'args_roots', 'probe_video', 'MissingVideosError',
+           'screen_clips']
 
 # %% ../../nbs/10_data.video.ipynb #04929783
 class VideoError(ValueError):
@@ -51,18 +52,24 @@ def _short(e: BaseException) -> str:
     return re.sub(r"^(\[[\d:]+\]\s+\S+:\d+:\s*)+", "", lines[-1])[:200]
 
 # %% ../../nbs/10_data.video.ipynb #70809552
+SAMPLING = ("center", "random", "published")   # the values of `segment_indices(mode=...)`
+
+
 def segment_indices(num_frames_total: int,  # frames in the video, L >= 1
                     n: int,  # frames to sample, n >= 1
-                    mode: str = "center",  # "center" (evaluation) or "random" (training)
+                    mode: str = "center",  # "center" (evaluation), "random" (training) or "published" (the published extractor's rule)
                     rng: np.random.Generator | int | None = None,  # generator or seed; required for "random"
                    ) -> np.ndarray:  # [n] int64 indices in [0, L), non-decreasing
-    "One frame index per equal segment: the segment's centre, or a random offset inside it."
+    "One frame index per equal segment: the segment's centre, a random offset inside it, or the published extractor's frame."
     L, n = int(num_frames_total), int(n)
     if n < 1: raise ValueError(f"n must be >= 1, got {n}")
     if L < 1: raise ValueError(f"num_frames_total must be >= 1, got {L}")
     i = np.arange(n, dtype=np.int64)
     if mode == "center": return (2 * i + 1) * L // (2 * n)
-    if mode != "random": raise ValueError(f"mode must be 'center' or 'random', got {mode!r}")
+    if mode == "published":
+        e = np.linspace(0, L, n + 1).astype(np.int64)              # edges as ints (truncated), as the published code
+        return np.clip((e[:-1] + e[1:] - 1) // 2, 0, L - 1)         # short videos: -1 -> 0, frames repeat
+    if mode != "random": raise ValueError(f"mode must be one of {', '.join(SAMPLING)}, got {mode!r}")
     if rng is None: raise ValueError("mode='random' needs rng (a numpy Generator or an int seed)")
     g = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     idx = np.floor((i + g.random(n)) * L / n).astype(np.int64)
@@ -71,15 +78,18 @@ def segment_indices(num_frames_total: int,  # frames in the video, L >= 1
 
 # %% ../../nbs/10_data.video.ipynb #55dd7971
 INTERPOLATIONS = ("bilinear", "bicubic")   # the values of `resize_clip(interpolation=...)`
+FITS = ("crop", "stretch")                 # the values of `resize_clip(fit=...)`: centre crop of the square, or the whole frame
 
 
 def resize_clip(frames: torch.Tensor,  # [T, H, W, 3] uint8
-                size: int | tuple[int, int] | None,  # shorter side + centre crop, exact (H, W), or None
+                size: int | tuple[int, int] | None,  # a square's side (see `fit`), exact (H, W), or None
                 interpolation: str = "bilinear",  # "bilinear" or "bicubic" (the published extractor's), both antialiased
+                fit: str = "crop",  # an int size: "crop" (shorter side, centre crop) or "stretch" (whole frame, the published extractor's)
                ) -> torch.Tensor:  # [T, size, size, 3] or [T, H', W', 3] uint8
-    "Resize a clip: an int scales the shorter side and centre-crops a square; `(H, W)` resizes exactly."
+    "Resize a clip: an int size centre-crops a square (`fit='crop'`) or stretches the whole frame to it; `(H, W)` resizes exactly."
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    if fit not in FITS: raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if size is None: return frames
     square = isinstance(size, (int, np.integer))
     hw = (int(size), int(size)) if square else tuple(int(s) for s in size)
@@ -89,7 +99,7 @@ def resize_clip(frames: torch.Tensor,  # [T, H, W, 3] uint8
     bicubic = interpolation == "bicubic"
     if bicubic: x = x.float()
     mode = TF.InterpolationMode.BICUBIC if bicubic else TF.InterpolationMode.BILINEAR
-    if square: x = TF.center_crop(TF.resize(x, [hw[0]], interpolation=mode, antialias=True), list(hw))
+    if square and fit == "crop": x = TF.center_crop(TF.resize(x, [hw[0]], interpolation=mode, antialias=True), list(hw))
     else: x = TF.resize(x, list(hw), interpolation=mode, antialias=True)
     if bicubic: x = x.round_().clamp_(0, 255).to(torch.uint8)   # bicubic overshoots at edges
     return x.permute(0, 2, 3, 1).contiguous()  # [T, H', W', 3]
@@ -203,24 +213,27 @@ def handle_short(path: str | Path,  # the video, named in the warning or error
 def load_clip(path: str | Path,  # an mp4 (any decord-readable file) or a folder of JPEG frames
               n: int,  # frames to sample
               size: int | tuple[int, int] | None = None,  # see `resize_clip`
-              mode: str = "center",  # "center" or "random" (see `segment_indices`)
+              mode: str = "center",  # "center", "random" or "published" (see `segment_indices`)
               rng: np.random.Generator | int | None = None,  # generator or seed for mode="random"
               min_frames: int = 1,  # fewer frames than this is a VideoError
               threads: int = 1,  # decord decoding threads (0: decord's choice)
               short: str = "warn",  # fewer than `n` frames: "warn" and repeat, "error", or "repeat" quietly
               interpolation: str = "bilinear",  # "bilinear" or "bicubic" (see `resize_clip`)
+              fit: str = "crop",  # an int size: "crop" or "stretch" (see `resize_clip`)
              ) -> torch.Tensor:  # [n, H, W, 3] uint8
     "Load `n` frames of a video, one per equal segment, resized; unreadable videos raise `VideoError`."
     path = Path(path)
     if short not in SHORT: raise ValueError(f"short must be one of {', '.join(SHORT)}, got {short!r}")
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    if fit not in FITS: raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    if mode not in SAMPLING: raise ValueError(f"mode must be one of {', '.join(SAMPLING)}, got {mode!r}")
     length, decode = _open(path, threads)
     need = max(1, int(min_frames))
     if length < need: raise VideoError(path, f"{length} frames, fewer than the {need} required")
     handle_short(path, length, n, short)
     idx = segment_indices(length, n, mode, rng)
-    return resize_clip(_decode(path, decode, idx), size, interpolation)
+    return resize_clip(_decode(path, decode, idx), size, interpolation, fit)
 
 
 def video_length(path: str | Path) -> int:

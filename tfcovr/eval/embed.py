@@ -27,16 +27,17 @@ from ..core import (atomic_dir, atomic_write, autocast, barrier, check_device, d
 from ..models.aim import (AIM, MAX_FRAMES, AIMConfig, aim_cfg, cached_weights, checkpoint_file, create_aim, load_stage1, preprocess,
                                weights_sha256)
 from ..models.io import ModelFileError, read_json_object
-from ..data.video import INTERPOLATIONS, VideoRoots, add_data_args, args_roots, video_fingerprint, video_root, VideoError, load_clip, resize_clip, resolve_video, segment_indices
+from ..data.video import FITS, INTERPOLATIONS, VideoRoots, add_data_args, args_roots, video_fingerprint, video_root, VideoError, load_clip, resize_clip, resolve_video, segment_indices
 
 # %% auto #0
-__all__ = ['POOLINGS', 'VideoEncoder', 'video_encoder_from_checkpoint', 'untrained_encoder', 'load_video_encoder',
+__all__ = ['POOLINGS', 'FRAMES', 'VideoEncoder', 'video_encoder_from_checkpoint', 'untrained_encoder', 'load_video_encoder',
            'IncompleteEmbeddings', 'Embeddings', 'cache_folder', 'load_embeddings', 'extract_embeddings',
            'write_pointer', 'resolve_pointer', 'prune_caches', 'EncoderSpec', 'EmbedConfig', 'build_encoder',
            'load_embed_params', 'embed_main']
 
 # %% ../../nbs/30_eval.embed.ipynb #b8420e0d
 POOLINGS = ("model", "mean of per-frame embeddings")  # how an embedding comes from its frames (meta.json `pooling`)
+FRAMES = {"centre": "center", "published": "published"}  # `frames` -> meta.json `sampling` (`segment_indices` mode)
 
 
 class _FrameCount(ValueError):
@@ -56,7 +57,6 @@ def _pooling(model_frames: int, num_frames: int | None, what: str) -> tuple[int,
 
 class VideoEncoder:
     "A video encoder for retrieval: a video path, or uint8 frames [T, H, W, 3], -> raw embedding [D]."
-    sampling = "center"
 
     def __init__(self,
                  model: AIM,                   # the encoder (its `variant` gives mean/std)
@@ -65,9 +65,14 @@ class VideoEncoder:
                  amp: str = "none",            # 'bf16' (CUDA) or 'none'
                  num_frames: int | None = None,  # frames per video; None: the model's; N > 1 for a 1-frame model: mean of N frames
                  interpolation: str = "bilinear",  # resize filter, "bilinear" or "bicubic" (the published extractor's)
+                 frames: str = "centre",       # "centre" of each equal segment, or "published" (the published extractor's frames)
+                 fit: str = "crop",            # "crop" (shorter side, centre crop) or "stretch" (whole frame, the published extractor's)
                  ):
         if interpolation not in INTERPOLATIONS: raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-        self.device, self.interpolation = torch.device(device), interpolation
+        if frames not in FRAMES: raise ValueError(f"frames must be one of {', '.join(FRAMES)}, got {frames!r}")
+        if fit not in FITS: raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+        self.device, self.interpolation, self.frames, self.fit = torch.device(device), interpolation, frames, fit
+        self.sampling = FRAMES[frames]                      # the `segment_indices` mode; "center" keeps the keys of older caches
         self.model, self.amp, self.source = model.eval().to(self.device), amp, dict(source)
         self.variant, self.model_frames, self.size = model.variant, model.num_frames, model.patch_embed.img_size[0]
         what = self.source.get("checkpoint") or f"untrained {self.variant.name}"
@@ -82,19 +87,26 @@ class VideoEncoder:
         return {"checkpoint_sha256": self.source.get("checkpoint_sha256"), "model": self.variant.name,
                 "variant": dataclasses.asdict(self.variant), "weights_sha256": self.weights_sha256,
                 "num_frames": self.num_frames, "pooling": self.pooling, "sampling": self.sampling, "size": self.size,
-                "preprocessing": {"resize": f"shorter side, centre crop, {self.interpolation} antialias", "mean": list(self.variant.mean),
+                "preprocessing": {"resize": self.resize, "mean": list(self.variant.mean),
                                   "std": list(self.variant.std)},
                 "precision": "bf16" if self.amp == "bf16" else "fp32", "init_seed": self.source.get("init_seed")}
+
+    @property
+    def resize(self) -> str:
+        "How a frame becomes the model's input square (meta.json `preprocessing.resize`)."
+        how = "shorter side, centre crop" if self.fit == "crop" else "whole frame stretched to the square"
+        return f"{how}, {self.interpolation} antialias"
 
     @property
     def key(self) -> str: return stable_hash(self.fields())
 
     def clip(self, video: str | Path | np.ndarray | torch.Tensor) -> torch.Tensor:  # [T, size, size, 3] uint8
         "The frames the encoder sees: from a video path, or sampled from a whole video's frames."
-        if isinstance(video, (str, Path)): return load_clip(video, self.num_frames, self.size, mode="center", interpolation=self.interpolation)
+        kw = dict(interpolation=self.interpolation, fit=self.fit)
+        if isinstance(video, (str, Path)): return load_clip(video, self.num_frames, self.size, mode=self.sampling, **kw)
         x = torch.from_numpy(np.ascontiguousarray(video)) if isinstance(video, np.ndarray) else video
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8: raise ValueError(f"expected uint8 frames [T, H, W, 3], got {x.dtype} {tuple(x.shape)}")
-        return resize_clip(x[torch.from_numpy(segment_indices(len(x), self.num_frames))], self.size, self.interpolation)
+        return resize_clip(x[torch.from_numpy(segment_indices(len(x), self.num_frames, self.sampling))], self.size, **kw)
 
     @torch.no_grad()
     def embed(self, clips: torch.Tensor) -> np.ndarray:  # [B, T, size, size, 3] uint8 -> [B, D] float32
@@ -118,12 +130,14 @@ def video_encoder_from_checkpoint(ckpt_dir: str | Path,                   # a St
                                   amp: str = "auto",                      # 'auto', 'bf16' or 'none'
                                   num_frames: int | None = None,          # frames per video (None: the model's; see `VideoEncoder`)
                                   interpolation: str = "bilinear",        # resize filter, "bilinear" or "bicubic"
+                                  frames: str = "centre",                 # "centre" or "published" (see `VideoEncoder`)
+                                  fit: str = "crop",                      # "crop" or "stretch" (see `VideoEncoder`)
                                   ) -> VideoEncoder:
     "The video encoder of a trained Stage-1 checkpoint."
     path, dev = checkpoint_file(ckpt_dir, which), get_device(device)
     model, _ = load_stage1(path, device=dev)
     src = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "init_seed": None}
-    return VideoEncoder(model, src, dev, resolve_amp(amp, dev), num_frames, interpolation)
+    return VideoEncoder(model, src, dev, resolve_amp(amp, dev), num_frames, interpolation, frames, fit)
 
 
 def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weights (CLIP or none)
@@ -132,6 +146,8 @@ def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weig
                       amp: str = "auto",     # 'auto', 'bf16' or 'none'
                       num_frames: int | None = None,  # frames per video (None: the model's; see `VideoEncoder`)
                       interpolation: str = "bilinear",  # resize filter, "bilinear" or "bicubic"
+                      frames: str = "centre",  # "centre" or "published" (see `VideoEncoder`)
+                      fit: str = "crop",       # "crop" or "stretch" (see `VideoEncoder`)
                       ) -> VideoEncoder:
     "An encoder without Stage-1 training: CLIP weights or a seeded random initialisation."
     dev = get_device(device)
@@ -140,7 +156,7 @@ def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weig
     weights = model.checkpoint_path or (cached_weights(aim_cfg(model.name)) if model.pretrained else None)
     src = {"checkpoint": None if weights is None else str(weights), "checkpoint_sha256": None if weights is None else file_sha256(weights),
            "init_seed": seed}
-    return VideoEncoder(m, src, dev, resolve_amp(amp, dev), num_frames, interpolation)
+    return VideoEncoder(m, src, dev, resolve_amp(amp, dev), num_frames, interpolation, frames, fit)
 
 # %% ../../nbs/30_eval.embed.ipynb #344d111b
 def load_video_encoder(checkpoint: str | Path, device: str = "cpu") -> VideoEncoder:
@@ -235,15 +251,16 @@ def _video_table(labels: pd.DataFrame, video_roots: VideoRoots) -> pd.DataFrame:
 
 class _Clips(Dataset):
     "Clips of (video_id, dataset, key) items; an unreadable video yields its reason instead of frames."
-    def __init__(self, items: list[tuple[str, str, str]], roots: VideoRoots, num_frames: int, size: int, interpolation: str = "bilinear"):
-        self.items, self.roots, self.n, self.size, self.interpolation = items, roots, num_frames, size, interpolation
+    def __init__(self, items: list[tuple[str, str, str]], roots: VideoRoots, num_frames: int, size: int, interpolation: str = "bilinear",
+                 mode: str = "center", fit: str = "crop"):   # `load_clip`'s sampling mode and fit
+        self.items, self.roots, self.n, self.size = items, roots, num_frames, size
+        self.kw = dict(mode=mode, interpolation=interpolation, fit=fit)
 
     def __len__(self) -> int: return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
         vid, ds, key = self.items[i][:3]
-        try: return vid, load_clip(resolve_video(video_root(ds, self.roots), key), self.n, self.size, mode="center",
-                                   interpolation=self.interpolation), None
+        try: return vid, load_clip(resolve_video(video_root(ds, self.roots), key), self.n, self.size, **self.kw), None
         except VideoError as e: return vid, None, str(e)
         except Exception as e: return vid, None, f"{type(e).__name__}: {e}"
 
@@ -310,8 +327,8 @@ def _extract(encoder: VideoEncoder, labels: pd.DataFrame, video_roots: VideoRoot
     parts = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)][rank::world]
     items = [it for p in parts for it in p]
     say(f"{len(videos)} videos, {len(done)} already encoded, {len(items)} to encode in {len(parts)} part(s) of up to {shard_size}")
-    loader = DataLoader(_Clips(items, video_roots, encoder.num_frames, encoder.size, encoder.interpolation), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=list)
+    clips = _Clips(items, video_roots, encoder.num_frames, encoder.size, encoder.interpolation, encoder.sampling, encoder.fit)
+    loader = DataLoader(clips, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     buf_ids, buf_emb, buf_failed, p = [], [], {}, 0
     bar = tqdm(total=len(items), desc=f"embed {encoder.variant.name} [{rank}/{world}]", unit="video", disable=not (progress and rank == 0))
     for batch in loader:
@@ -422,10 +439,13 @@ class EmbedConfig:
     device: str = "auto"     # auto (CUDA when present), cpu, cuda, cuda:N or mps
     amp: Literal["auto", "bf16", "none"] = "auto"    # bf16 autocast (CUDA only); auto: bf16 on CUDA
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # resize filter of every encoder (the published extractor: bicubic)
+    frames: Literal["centre", "published"] = "centre"  # frames of every encoder: segment centres (the paper), or the published extractor's
+    fit: Literal["crop", "stretch"] = "crop"  # square input of every encoder: centre crop, or the whole frame stretched (the published extractor)
 
     def __post_init__(self):
         if not self.encoders: raise ValueError("encoders must name at least one encoder")
-        if self.interpolation not in INTERPOLATIONS: raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        for k, ok in (("interpolation", INTERPOLATIONS), ("frames", tuple(FRAMES)), ("fit", FITS)):
+            if getattr(self, k) not in ok: raise ValueError(f"{k} must be one of {', '.join(ok)}, got {getattr(self, k)!r}")
         check_device(self.device)
         for k, hi in (("batch_size", 65_536), ("shard_size", 10_000_000)):
             if not 1 <= getattr(self, k) <= hi: raise ValueError(f"{k} must be in 1..{hi}, got {getattr(self, k)}")
@@ -438,12 +458,14 @@ def build_encoder(spec: EncoderSpec,       # the encoder's entry of `embed.encod
                   amp: str = "auto",       # 'auto', 'bf16' or 'none'
                   name: str = "",          # its name in `embed.encoders` (named in a frame-count error)
                   interpolation: str = "bilinear",  # resize filter (`EmbedConfig.interpolation`)
+                  frames: str = "centre",  # "centre" or "published" (`EmbedConfig.frames`)
+                  fit: str = "crop",       # "crop" or "stretch" (`EmbedConfig.fit`)
                   ) -> VideoEncoder:
     "The encoder an `EncoderSpec` describes."
     try:
         if spec.checkpoint is not None:
-            return video_encoder_from_checkpoint(spec.checkpoint, spec.which, device, amp, spec.num_frames, interpolation)
-        return untrained_encoder(spec.model, seed, device, amp, spec.num_frames, interpolation)
+            return video_encoder_from_checkpoint(spec.checkpoint, spec.which, device, amp, spec.num_frames, interpolation, frames, fit)
+        return untrained_encoder(spec.model, seed, device, amp, spec.num_frames, interpolation, frames, fit)
     except _FrameCount as e: raise ValueError(f"embed.encoders.{name or '?'}: {e}") from None
 
 
@@ -465,7 +487,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     if a.name not in cfg.encoders: raise ValueError(f"{a.params}: embed.encoders.{a.name}: no such encoder (known: {', '.join(cfg.encoders)})")
     labels, roots = pd.read_parquet(a.labels), args_roots(a)
     with distributed(cfg.device) as d:
-        enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp, a.name, cfg.interpolation)
+        enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp, a.name, cfg.interpolation, cfg.frames, cfg.fit)
         folder = extract_embeddings(enc, labels, roots, a.cache_root or Path("embeddings") / a.name, cfg.batch_size,
                                     cfg.shard_size, cfg.num_workers)
     if d.main:

@@ -29,10 +29,10 @@ from ..models.io import ModelFileError, read_json_object
 
 # %% auto #0
 __all__ = ['ROW_NAMES', 'ABLATION_NAMES', 'PAPER_ROWS', 'MODALITIES', 'DISCIPLINES', 'STAGE2_MODEL', 'GROUND_TRUTHS',
-           'GT_DEFINITIONS', 'EVAL_NEEDS', 'EvaluateConfig', 'TableRow', 'table_rows', 'split_videos', 'Gallery',
-           'build_gallery', 'check_triplets', 'ground_truth_lists', 'evaluate_model', 'query_features', 'row_errors',
-           'load_stage2_model', 'row_columns', 'row_definition', 'bootstrap_ci', 'breakdown', 'paired_differences',
-           'fingerprint_files', 'model_fingerprint', 'EvaluationRun', 'evaluate_table']
+           'GT_DEFINITIONS', 'EVAL_NEEDS', 'PUBLISHED_CODE', 'EvaluateConfig', 'TableRow', 'table_rows', 'split_videos',
+           'Gallery', 'build_gallery', 'check_triplets', 'ground_truth_lists', 'evaluate_model', 'query_features',
+           'row_errors', 'load_stage2_model', 'row_columns', 'row_definition', 'bootstrap_ci', 'breakdown',
+           'paired_differences', 'fingerprint_files', 'model_fingerprint', 'EvaluationRun', 'evaluate_table']
 
 # %% ../../nbs/32_eval.evaluate.ipynb #070f8e2c
 ROW_NAMES = ("TF-CoVR-Base", "1-frame", "Stage-2-only", "text-only", "video-only")  # the paper's rows, in its order
@@ -502,6 +502,24 @@ def _stats(n: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(n)), "median": float(np.median(n)), "min": int(np.min(n)), "max": int(np.max(n))}
 
 
+PUBLISHED_CODE = {  # where this package departs from the published TF-CoVR code, and why (the paper, or a defect fixed)
+    "gallery": "the published gallery is the multiset of the target_video column (a video can appear several times, AP can exceed 1, "
+               "ground truths nobody names are unreachable); here: every unique video of the split once",
+    "ranking": "the published ranking is np.argsort(sims)[::-1] (ties in arbitrary order); here: stable, lower gallery index first",
+    "recall": "the published Recall@K is the designated target_video in the top K; reported apart as R_target@K beside R@K (any ground truth)",
+    "hn_nce": "the published query->target weights are normalised by the sum of row j instead of row i (a broadcasting bug); here: row i, as the paper's formula",
+    "false_negatives": "the published in-batch negatives include rows sharing the target label; here masked (stage2.*.train.loss.mask_same_target)",
+    "adapters": "the published adapters are not zero-initialised (init_weights is never called); here every adapter's fc2 starts at zero, as AIM",
+    "stage2_epochs": "the published Stage 2 stops after 5 epochs whatever its config says; here stage2.*.train.epochs",
+    "videos": "the published extractor prints and skips a corrupt video; here the labels stage opens every clip (data.on_missing: error "
+              "stops listing all, drop leaves them out with a report) and extraction lists every failure",
+    "csv": "the published code parses list fields with eval; here a strict literal parser",
+    "checkpoints": "the published code loads weights with strict=False; here every key is mapped and a missing or unexpected one is an error",
+    "frames": "the paper samples the centres of T equal segments (ours by default); the published extractor's (e_i + e_{i+1} - 1) // 2 "
+              "rule and whole-frame resize are embed.frames: published and embed.fit: stretch (each row's sampling is recorded above)",
+}
+
+
 def evaluate_table(cfg: EvaluateConfig,             # the `evaluate` section
                    table: Sequence[TableRow],       # the rows (`table_rows`), in order
                    videos: pd.DataFrame,            # video_id, label_id, split (the triplets' videos.parquet)
@@ -542,7 +560,8 @@ def evaluate_table(cfg: EvaluateConfig,             # the `evaluate` section
                           "target_embeddings": None if row.target_embeddings is None else str(row.target_embeddings),
                           "target_embedding_key": None if tmeta is None else tmeta.get("key"),
                           "embedding_dim": int(gallery.features.shape[1]),
-                          "query_frames": cols["query_frames"], "target_frames": cols["target_frames"]}
+                          "query_frames": cols["query_frames"], "target_frames": cols["target_frames"],
+                          "sampling": meta.get("sampling"), "preprocessing": meta.get("preprocessing")}
     if cfg.ground_truth == "target_videos" and "n_targets" in triplets.columns and not np.array_equal(n_gt, triplets["n_targets"].to_numpy()):
         i = int(np.flatnonzero(n_gt != triplets["n_targets"].to_numpy())[0])
         raise ValueError(f"query {triplets.query_id.iloc[i]}: {n_gt[i]} ground truths scored, its triplet lists {triplets.n_targets.iloc[i]}")
@@ -570,6 +589,7 @@ def evaluate_table(cfg: EvaluateConfig,             # the `evaluate` section
                       if cfg.ground_truth == "target_videos" else "the query video is removed from its own ranking"),
         "ties": "equal similarities rank the lower gallery index first",
         "dataset": fingerprint_files(dataset_files) if dataset_files else None,
+        "published_code": PUBLISHED_CODE,
         "rows": info, "breakdown": {k2: bd[k2] for k2 in ("metric", "resamples", "confidence", "interval")}, "seed": seed,
     }
     return EvaluationRun(rows, per_query, bd, protocol)

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..core import atomic_path, atomic_write, rng, save_figure, write_json
+from ..core import atomic_dir, atomic_path, atomic_write, rng, save_figure, write_json
 from .embed import load_embeddings
 from .evaluate import (EvaluateConfig, EvaluationRun, Gallery, TableRow, build_gallery, evaluate_model, load_stage2_model,
                                   query_features, row_errors)
@@ -25,8 +25,9 @@ from ..data.video import VideoRoots, video_root, load_clip, resolve_video
 
 # %% auto #0
 __all__ = ['GREEN', 'RED', 'GREY', 'results_markdown', 'recall_markdown', 'breakdown_markdown', 'paired_markdown',
-           'write_reports', 'choose_queries', 'frame_strip', 'plot_retrievals', 'load_strip_frames', 'retrieval_figure',
-           'plot_breakdown', 'plot_similarity', 'plot_results', 'ReportConfig', 'report_figures']
+           'metric_columns', 'write_metrics', 'write_reports', 'choose_queries', 'frame_strip', 'plot_retrievals',
+           'load_strip_frames', 'retrieval_figure', 'plot_breakdown', 'plot_similarity', 'plot_results', 'ReportConfig',
+           'report_figures']
 
 # %% ../../nbs/33_eval.report.ipynb #68a559a6
 def results_markdown(rows: list[dict],                 # `EvaluationRun.rows`
@@ -84,21 +85,37 @@ def paired_markdown(bd: dict) -> str:  # `EvaluationRun.breakdown` (its `paired`
     return "\n".join(lines) + "\n"
 
 # %% ../../nbs/33_eval.report.ipynb #81009739
+def metric_columns(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
+    "The columns `dvc metrics show` prints per row: mAP@K at every K, then R@K and R_target@K at K = 10 (or the smallest K)."
+    k = 10 if 10 in ks else min(ks)
+    return [f"mAP@{k2}" for k2 in ks] + [f"R@{k}", f"R_target@{k}"]
+
+
+def write_metrics(rows: Sequence[dict],      # results rows (`EvaluationRun.rows`)
+                  folder: str | Path,         # the metrics folder (replaced as a whole)
+                  ks: Sequence[int] = DEFAULT_KS,
+                  ) -> Path:
+    "One small JSON per table row, `<folder>/<row>.json`: `dvc metrics show` then prints the results table, one line per row."
+    with atomic_dir(folder) as d:
+        for r in rows: write_json(Path(d) / f"{r['model']}.json", {c: r[c] for c in metric_columns(ks)})
+    return Path(folder)
+
+
 def write_reports(run: EvaluationRun,               # output of `tfcovr.eval.evaluate.evaluate_table`
                   out_dir: str | Path = "reports",  # folder of the default file names below
                   ks: Sequence[int] = DEFAULT_KS,   # cut-offs shown in the Markdown table
                   per_query: bool = True,           # also write per_query.parquet (every model's per-query AP)
-                  **paths: str | Path,              # override a file: results_json, metrics_json, results_md, breakdown_json, breakdown_md, protocol_json, per_query_parquet
+                  **paths: str | Path,              # override a file: results_json, metrics_dir, results_md, breakdown_json, breakdown_md, protocol_json, per_query_parquet
                  ) -> dict[str, Path]:              # name -> file written
-    "Write results.json, metrics.json, results.md, breakdown.json, breakdown.md, protocol.json (and per_query.parquet)."
-    names = {"results_json": "results.json", "metrics_json": "metrics.json", "results_md": "results.md",
+    "Write results.json, metrics/<row>.json, results.md, breakdown.json, breakdown.md, protocol.json (and per_query.parquet)."
+    names = {"results_json": "results.json", "metrics_dir": "metrics", "results_md": "results.md",
              "breakdown_json": "breakdown.json", "breakdown_md": "breakdown.md", "protocol_json": "protocol.json",
              "per_query_parquet": "per_query.parquet"}
     bad = set(paths) - set(names)
     if bad: raise TypeError(f"unknown output(s) {sorted(bad)}; known: {', '.join(names)}")
     out = {k: Path(paths.get(k, Path(out_dir) / v)) for k, v in names.items()}
     write_json(out["results_json"], run.rows)
-    write_json(out["metrics_json"], {r["model"]: {k: v for k, v in r.items() if "@" in k} for r in run.rows})
+    write_metrics(run.rows, out["metrics_dir"], ks)
     abl = [r for r in run.rows if r.get("table") == "ablations"]
     with atomic_write(out["results_md"]) as f:
         f.write("# Results\n\n" + results_markdown(run.rows, ks, run.protocol)

@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..models.aim import AIMVariant, aim_cfg, preprocess
 from ..core import rng
 from ..data.labels import action_classes
-from ..data.video import (INTERPOLATIONS, SHORT, VideoError, VideoRoots, handle_short, load_clip, resize_clip, resolve_paths, resolve_video, segment_indices,
+from ..data.video import (FITS, INTERPOLATIONS, SHORT, VideoError, VideoRoots, handle_short, load_clip, resize_clip, resolve_paths, resolve_video, segment_indices,
                           video_length, write_mp4)
 
 # %% auto #0
@@ -59,10 +59,13 @@ def augment_clip(frames: torch.Tensor,                      # [T, H, W, 3] uint8
                  hflip: bool = True,                        # flip the clip horizontally with probability 1/2
                  randaugment: tuple[int, int] | None = None, # (num_ops, magnitude), or None
                  interpolation: str = "bilinear",           # resize filter of the crop: "bilinear" or "bicubic" (antialiased)
+                 fit: str = "crop",                         # the crop's aspect ratio in pixels ("crop") or on the frame stretched to a square ("stretch")
                  ) -> torch.Tensor:                         # [T, size, size, 3] uint8
     "One crop box, one flip and one RandAugment policy per clip, applied to every frame alike."
     T, H, W, _ = frames.shape
-    top, left, ch, cw = crop_box(H, W, g, scale)
+    if fit not in FITS: raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    r = W / H if fit == "stretch" else 1.0                      # stretch: RandomResizedCrop's ratio on the frame squeezed to a square
+    top, left, ch, cw = crop_box(H, W, g, scale, (3 / 4 * r, 4 / 3 * r))
     if interpolation not in INTERPOLATIONS: raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     bicubic = interpolation == "bicubic"                        # in float, then rounded and clamped, as `resize_clip` does
     x = frames.permute(0, 3, 1, 2)                              # [T, 3, H, W]
@@ -77,7 +80,7 @@ def augment_clip(frames: torch.Tensor,                      # [T, H, W, 3] uint8
     return x.permute(0, 2, 3, 1).contiguous()
 
 # %% ../../nbs/41_train.clips.ipynb #2e680222
-TRAIN_FRAMES = ("random", "centre")        # training clips: a random frame in each equal segment, or each segment's centre frame
+TRAIN_FRAMES = ("random", "centre", "published")   # training clips: a random frame in each equal segment, its centre frame, or the published extractor's frame
 
 
 class ClipDataset(Dataset):
@@ -88,7 +91,7 @@ class ClipDataset(Dataset):
                  video_roots: VideoRoots,                   # one folder, or dataset -> folder
                  num_frames: int,                           # frames per clip, one per equal segment
                  size: int,                                 # square input side
-                 train: bool,                               # augmented training clips (else centres, no augmentation)
+                 train: bool,                               # augmented training clips (else fixed frames, no augmentation)
                  seed: int,                                 # the project seed
                  classes: Sequence[str] | None = None,      # class list (default: `class_index(labels)`)
                  variant: AIMVariant | str = "aim-tiny",    # whose mean/std normalise the frames
@@ -97,13 +100,15 @@ class ClipDataset(Dataset):
                  randaugment: tuple[int, int] | None = None, # RandAugment (num_ops, magnitude) (train), None: off
                  cache: bool = False,                       # keep the decoded frames a clip can use in memory (see `cache_bytes`)
                  short: str = "warn",                       # a video with fewer than num_frames frames: "warn", "error", "repeat"
-                 train_frames: str = "random",              # training frames: "random" offset in each segment, or "centre" (the evaluation's)
+                 train_frames: str = "random",              # "random" offset in each segment, "centre", or "published" (then evaluation clips too)
                  interpolation: str = "bilinear",           # resize filter, "bilinear" or "bicubic" (antialiased)
+                 fit: str = "crop",                         # evaluation resize "crop" (centre crop) or "stretch" (whole frame); the training crop follows
                  ):
         if num_frames < 1 or size < 1: raise ValueError(f"num_frames and size must be >= 1, got {num_frames}, {size}")
         if short not in SHORT: raise ValueError(f"short must be one of {', '.join(SHORT)}, got {short!r}")
         if train_frames not in TRAIN_FRAMES: raise ValueError(f"train_frames must be one of {', '.join(TRAIN_FRAMES)}, got {train_frames!r}")
         if interpolation not in INTERPOLATIONS: raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        if fit not in FITS: raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
         self.rows = labels.reset_index(drop=True)
         self.classes = list(classes) if classes is not None else class_index(self.rows)
         pos = {c: i for i, c in enumerate(self.classes)}
@@ -114,12 +119,13 @@ class ClipDataset(Dataset):
         self.variant = aim_cfg(variant) if isinstance(variant, str) else variant
         self.num_frames, self.size, self.train, self.seed = num_frames, size, train, seed
         self.crop_scale, self.hflip, self.randaugment = tuple(crop_scale), hflip, randaugment
-        self.train_frames, self.interpolation = train_frames, interpolation
+        self.train_frames, self.interpolation, self.fit = train_frames, interpolation, fit
         self.epoch, self.cache, self.short = 0, {} if cache else None, short
 
     @property
     def mode(self) -> str:
-        "How frames are picked in their segments: 'random' (training with random offsets) or 'center'."
+        "How frames are picked (`segment_indices` mode): 'random' (training with random offsets), 'published' (training and evaluation) or 'center'."
+        if self.train_frames == "published": return "published"
         return "random" if self.train and self.train_frames == "random" else "center"
 
     def set_epoch(self, epoch: int) -> None:
@@ -134,10 +140,10 @@ class ClipDataset(Dataset):
 
     def _load(self, idx: int, g: np.random.Generator | None, size: int | None) -> torch.Tensor:
         "`load_clip` of row `idx`, from memory when caching: the whole video (random offsets) or the clip's fixed frames."
-        path, kw = self.paths[idx], dict(interpolation=self.interpolation)
+        path, kw = self.paths[idx], dict(interpolation=self.interpolation, fit=self.fit)
         if self.cache is None: return load_clip(path, self.num_frames, size, mode=self.mode, rng=g, short=self.short, **kw)
-        if self.mode == "center":                               # the same frames every epoch: keep just those
-            if idx not in self.cache: self.cache[idx] = load_clip(path, self.num_frames, size, mode="center", short=self.short, **kw)
+        if self.mode != "random":                               # the same frames every epoch: keep just those
+            if idx not in self.cache: self.cache[idx] = load_clip(path, self.num_frames, size, mode=self.mode, short=self.short, **kw)
             return self.cache[idx].clone()                      # the caller may change its clip, never the cache
         if idx not in self.cache: self.cache[idx] = load_clip(path, video_length(path), None)   # every frame, in order
         video = self.cache[idx]
@@ -149,7 +155,7 @@ class ClipDataset(Dataset):
         if not self.train: return self._load(idx, None, self.size)
         g = rng(self.seed, "epoch", self.epoch, "clip", idx)
         frames = self._load(idx, g, None)
-        return augment_clip(frames, self.size, g, self.crop_scale, self.hflip, self.randaugment, self.interpolation)
+        return augment_clip(frames, self.size, g, self.crop_scale, self.hflip, self.randaugment, self.interpolation, self.fit)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:  # [T, 3, size, size] float32, class
         return preprocess(self.clip(idx), self.variant), self.targets[idx]

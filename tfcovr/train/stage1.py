@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..core import (DistInfo, atomic_dir, atomic_path, atomic_write, autocast, barrier, check_device, derive_seed, distributed,
                          get_device, load_params, resolve_amp, seed_everything, stable_hash, to_dict, write_json)
 from ..data.labels import ClassList, DataConfig, action_classes, check_classes
-from ..data.video import INTERPOLATIONS, VideoRoots, add_data_args, args_roots, video_fingerprint
+from ..data.video import FITS, INTERPOLATIONS, VideoRoots, add_data_args, args_roots, video_fingerprint
 from ..models.aim import AIMConfig, aim_cfg, load_stage1, save_weights, weights_sha256
 from ..models.io import ModelFileError, load_weights, read_torch_state
 from .clips import TRAIN_FRAMES, ClipDataset
@@ -65,8 +65,9 @@ class Stage1Config:
     num_workers: int = 0                   # data-loader processes per training process
     cache_clips: bool | Literal["auto"] = "auto"  # keep decoded clips in memory: auto (when they fit cache_budget_gb), true, false
     cache_budget_gb: float = 16.0          # memory (GB) the clip caches of one machine may take, all its processes together
-    train_frames: Literal["random", "centre"] = "random"  # training frame of each segment: random offset, or centre (the published recipe)
+    train_frames: Literal["random", "centre", "published"] = "random"  # training frame of each segment: random offset, centre (the paper), or the published extractor's (validation too)
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # resize filter of clips and crops (the published extractor: bicubic)
+    fit: Literal["crop", "stretch"] = "crop"  # square from a frame: centre crop, or the whole frame stretched (the published extractor); the training crop follows
     on_mismatch: Literal["error", "restart"] = "error"  # out_dir/last holds another run: raise naming what differs, or start over
     device: str = "auto"     # auto (CUDA when present), cpu, cuda, cuda:N or mps
     amp: Literal["auto", "bf16", "none"] = "auto"    # bf16 autocast (CUDA only); auto: bf16 on CUDA, none on CPU
@@ -96,7 +97,7 @@ class Stage1Config:
         if self.cache_clips is True and self.num_workers: raise ValueError(
             f"cache_clips needs num_workers 0 (got {self.num_workers}): worker processes end with their epoch and take the cache with them")
         if not 0 < self.cache_budget_gb < math.inf: raise ValueError(f"cache_budget_gb must be > 0 (finite), got {self.cache_budget_gb}")
-        for k, ok in (("train_frames", TRAIN_FRAMES), ("interpolation", INTERPOLATIONS), ("on_mismatch", ON_MISMATCH)):
+        for k, ok in (("train_frames", TRAIN_FRAMES), ("interpolation", INTERPOLATIONS), ("fit", FITS), ("on_mismatch", ON_MISMATCH)):
             if getattr(self, k) not in ok: raise ValueError(f"{k} must be one of {', '.join(ok)}, got {getattr(self, k)!r}")
         if self.device == "cpu" and self.amp == "bf16": raise ValueError("amp 'bf16' needs CUDA: use amp 'none' or 'auto' on CPU")
 
@@ -251,7 +252,7 @@ def _clips_digest(ds: ClipDataset) -> str:
 
 
 _HOW = ("num_workers", "cache_clips", "cache_budget_gb", "on_mismatch")   # how clips load, what a mismatch does: not which run
-_SINCE = {"train_frames": "random", "interpolation": "bilinear"}          # keys added later, with the behaviour runs had before them
+_SINCE = {"train_frames": "random", "interpolation": "bilinear", "fit": "crop"}   # keys added later, with the behaviour runs had before them
 
 
 def run_config(cfg: Stage1Config) -> dict[str, Any]:
@@ -294,9 +295,8 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
     classes, tr_df, va_df = data.classes, data.train, data.val
     v = aim_cfg(cfg.model.name)
     ds_kw = dict(video_roots=video_roots, num_frames=cfg.model.num_frames, size=v.img_size, seed=seed, classes=classes, variant=v,
-                 interpolation=cfg.interpolation)
-    train_ds = ClipDataset(tr_df, train=True, crop_scale=cfg.crop_scale, hflip=cfg.hflip, randaugment=cfg.randaugment,
-                           train_frames=cfg.train_frames, **ds_kw)
+                 interpolation=cfg.interpolation, fit=cfg.fit, train_frames=cfg.train_frames)   # validation: centres, or the published frames
+    train_ds = ClipDataset(tr_df, train=True, crop_scale=cfg.crop_scale, hflip=cfg.hflip, randaugment=cfg.randaugment, **ds_kw)
     val_ds = ClipDataset(va_df, train=False, **ds_kw)
     with distributed(cfg.device) as d:
         amp = resolve_amp(cfg.amp, d.device)
@@ -341,7 +341,7 @@ def train_stage1(cfg: Stage1Config,                 # what to train, how long
             else f"done ({start}/{cfg.epochs} epochs)")
         if start < end:
             say(f"effective batch {effective} ({cfg.batch_size} clips x {cfg.grad_accum} accumulated x {d.world} process(es)); "
-                f"frames: {cfg.train_frames}, {cfg.interpolation}")
+                f"frames: {cfg.train_frames}, {cfg.interpolation}, {cfg.fit}")
             say(cache["note"])
         for epoch in tqdm(range(start, end), desc=f"stage1 {cfg.model.name}", initial=start, total=cfg.epochs,
                           disable=not (progress and d.main)):
@@ -390,8 +390,9 @@ def predict_stage1(run_dir: str | Path,                  # a Stage-1 run folder
     dev = get_device(device)
     model, meta = load_stage1(run_dir, device=dev)
     rows = labels[(labels["split"] == split) & labels["label_id"].astype(str).isin(set(meta["classes"]))]
+    conf = {**_SINCE, **meta.get("config", {})}                # a run made before a key: the behaviour it had
     ds = ClipDataset(rows, video_roots, meta["num_frames"], meta["size"], train=False, seed=0, classes=meta["classes"], variant=model.variant,
-                     interpolation=meta.get("config", {}).get("interpolation", "bilinear"))   # the run's resize filter
+                     train_frames=conf["train_frames"], interpolation=conf["interpolation"], fit=conf["fit"])   # the run's validation clips
     amp, preds = resolve_amp("auto", dev), []
     for x, _ in DataLoader(ds, batch_size=batch_size):
         with autocast(amp, dev): preds += model(x.to(dev)).argmax(-1).tolist()
