@@ -19,6 +19,15 @@ $(STAMP): requirements.txt settings.ini setup.py
 
 venv: $(STAMP)
 
+# The documentation site in _docs/ (settings.ini's doc_path), built offline without Quarto: docs/build.py.
+.PHONY: docs outputs
+docs: venv
+	python docs/build.py
+
+# Store the outputs of the chapters that run in under 60 s in nbs/ (then nbdev_clean): docs/outputs.py.
+outputs: venv
+	python docs/outputs.py --limit 60
+
 repro: venv
 	tfcovr params params.yaml
 	dvc repro

@@ -59,6 +59,7 @@ class Site:
     doc_url: str      # the published site's address, rewritten to relative links
     src_url: str      # the repository's source address, rewritten to the local source pages
     name: str         # the site's title
+    doc_path: Path    # where the site goes by default (settings.ini's doc_path)
     pages: list[Page] = field(default_factory=list)
 
 
@@ -70,28 +71,29 @@ def read_site(root: Path, reports: Path) -> Site:
     cfg = get_config(path=root)
     return Site(root=root, nbs=Path(cfg.nbs_path), reports=reports, lib=Path(cfg.lib_path),
                 doc_url=f"{cfg.doc_host.rstrip('/')}/{cfg.doc_baseurl.strip('/')}/".replace("//", "/").replace(":/", "://"),
-                src_url=f"{cfg.git_url.rstrip('/')}/blob/{cfg.branch}/", name=cfg.title)
+                src_url=f"{cfg.git_url.rstrip('/')}/blob/{cfg.branch}/", name=cfg.title,
+                doc_path=Path(cfg.doc_path))
 
 
-def notebook_front(path: Path) -> dict:
-    "A notebook's frontmatter as nbdev reads it (title, description, output-file), without running anything."
+def notebook_front(path: Path) -> tuple[dict, str]:
+    "A notebook's frontmatter as nbdev reads it (title, description, output-file) and its module, running nothing."
     from nbdev.frontmatter import FrontmatterProc
     from nbdev.process import NBProcessor
     proc = NBProcessor(path, procs=[FrontmatterProc])
     proc.process()
-    return proc.nb.frontmatter_
+    module = next((c.directives_["default_exp"][0] for c in proc.nb.cells if "default_exp" in c.directives_), "")
+    return proc.nb.frontmatter_, module
 
 
 def chapter_pages(site: Site) -> list[Page]:
     "The front page and the chapters, in reading order (file names sort by their numbers)."
     index = site.nbs / "index.ipynb"
     if not index.exists(): raise FileNotFoundError(f"{index}: the front page notebook is missing")
-    pages = [Page("Home", index, "index.html", notebook_front(index).get("title", site.name), process=True)]
+    pages = [Page("Home", index, "index.html", notebook_front(index)[0].get("title", site.name), process=True)]
     for path in sorted(site.nbs.glob("*.ipynb")):
         if path.name == "index.ipynb" or path.name[0] in "._": continue
-        fm = notebook_front(path)
+        fm, module = notebook_front(path)
         if "title" not in fm: raise ValueError(f"{path}: the first markdown cell must be '# Title' (nbdev's frontmatter)")
-        module = next((m.group(1) for m in re.finditer(r"^#\|\s*default_exp\s+(\S+)", path.read_text(), re.M)), "")
         pages.append(Page("Chapters", path, fm["output-file"], fm["title"],
                           note=f"{site.lib.name}.{module}" if module else "", process=True))
     return pages
@@ -121,9 +123,7 @@ def result_pages(site: Site) -> list[Page]:
     pages = []
     for name in ("results", "breakdown"):
         md = rep / f"{name}.md"
-        if md.exists():
-            first = next((l[2:].strip() for l in md.read_text().splitlines() if l.startswith("# ")), name.title())
-            pages.append(Page("Results", md, f"{name}.html", first if name == "results" else f"Breakdown: {first}"))
+        if md.exists(): pages.append(Page("Results", md, f"{name}.html", name.title()))
     if figure_files(rep): pages.append(Page("Results", rep, "figures.html", "Figures"))
     stages = rep / "stages"
     if stages.is_dir():
@@ -203,6 +203,20 @@ def cell_options(source: str) -> tuple[dict, str]:
 def _text(x) -> str: return "".join(x) if isinstance(x, list) else (x or "")
 
 
+def coalesce_streams(outputs: list[dict]) -> list[dict]:
+    "Join consecutive stdout/stderr pieces and keep what a terminal shows of a line rewritten with \\r (progress bars)."
+    res = []
+    for out in outputs:
+        if out.get("output_type") == "stream" and res and res[-1].get("output_type") == "stream" \
+                and res[-1].get("name") == out.get("name"):
+            res[-1]["text"] = _text(res[-1]["text"]) + _text(out["text"])
+        else: res.append(dict(out))
+    for out in res:
+        if out.get("output_type") == "stream":
+            out["text"] = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in _text(out["text"]).split("\n"))
+    return [o for o in res if o.get("output_type") != "stream" or o["text"].strip()]
+
+
 def quarto_to_nbconvert(nb: dict) -> tuple[dict, int]:
     "Translate what nbdev's processors leave for Quarto; returns the notebook and its number of API entries."
     import yaml
@@ -221,6 +235,7 @@ def quarto_to_nbconvert(nb: dict) -> tuple[dict, int]:
             opts, cell["source"] = cell_options(src)
             if opts.get("include") == "false": continue
             if opts.get("output") == "false": cell["outputs"] = []
+            cell["outputs"] = coalesce_streams(cell.get("outputs", []))
             if opts.get("echo") == "false" or not cell["source"].strip():
                 cell.setdefault("metadata", {}).setdefault("tags", []).append("remove_input")
             for out in cell.get("outputs", []):
@@ -234,14 +249,39 @@ def quarto_to_nbconvert(nb: dict) -> tuple[dict, int]:
     return nb, n_api
 
 
-def processed_notebook(path: Path) -> dict:
+def doc_filter(skipped: list[str]):
+    "nbdev's documentation processors, where a cell that imports *and* computes may fail (noted in `skipped`)."
+    import ast
+    from nbdev.processors import FilterDefaults, _ast_contains, exec_show_docs
+
+    class exec_api_cells(exec_show_docs):
+        "`exec_show_docs`, except that an example cell nbdev runs only for its imports may fail without failing the page."
+        def __call__(self, cell):
+            try: return super().__call__(cell)
+            except Exception as e:
+                trees = cell.parsed_() or []
+                mixed = (not cell.directives_.keys() & {"export", "exports", "exporti", "exec_doc"}
+                         and _ast_contains(trees, (ast.Import, ast.ImportFrom)) and "show_doc" not in cell.source)
+                if not mixed: raise
+                cause = self.k.exc
+                self.k.exc, cell["outputs"] = None, []
+                skipped.append(f"a cell that imports and computes failed ({type(cause).__name__}: {cause}); "
+                               f"it starts {cell.source.strip().splitlines()[0][:60]!r}")
+
+    class DocFilter(FilterDefaults):
+        def base_procs(self): return [exec_api_cells if p is exec_show_docs else p for p in super().base_procs()]
+    return DocFilter()
+
+
+def processed_notebook(path: Path, skipped: list[str]) -> dict:
     "nbdev's documentation processing of one notebook (show_doc inserted and executed), as a plain dict."
     from execnb.nbio import nb2dict, read_nb
-    from nbdev.processors import FilterDefaults
     os.environ["IN_TEST"] = "1"  # as nbdev's own processing does
-    nb = read_nb(path)
-    try: FilterDefaults()(nb)
+    nb, main, cwd = read_nb(path), sys.modules["__main__"], os.getcwd()
+    os.chdir(path.parent)  # the notebook's cells run where Jupyter and nbdev_test run them
+    try: doc_filter(skipped)(nb)
     except Exception as e: raise RuntimeError(f"{path}: nbdev could not build its API reference: {e}") from e
+    finally: sys.modules["__main__"], _ = main, os.chdir(cwd)  # IPython's shell puts its own __main__ there
     return nb2dict(nb)
 
 
@@ -274,24 +314,25 @@ def html_page(nb: dict, title: str, nav: str, footer: str) -> str:
         c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
         _EXPORTER = HTMLExporter(config=c)
     node = nbformat.from_dict(nb)
+    for i, cell in enumerate(node.cells): cell.setdefault("id", f"cell-{i}")  # nbdev_clean drops them
     node.metadata["title"] = title
     body, _ = _EXPORTER.from_notebook_node(node, resources={"site": {"root": "", "nav": nav, "footer": footer}})
     return body
 
 
-def build_page(page: Page, site: Site, out: Path, nav: str, footer: str) -> tuple[str, float, int]:
-    "Render one page into the site folder `out`; returns its file, seconds and number of API entries."
+def build_page(page: Page, site: Site, out: Path, nav: str, footer: str) -> tuple[str, float, int, list[str]]:
+    "Render one page into the site folder `out`; returns its file, seconds, number of API entries and notes."
     import nbformat
-    t0 = time.time()
+    t0, notes = time.time(), []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nbdev's advice on cells that import and compute; the notebooks' matter
-        if page.process: nb, n_api = quarto_to_nbconvert(processed_notebook(page.src))
+        warnings.simplefilter("ignore")  # nbdev's advice on cells that import and compute: see the notes
+        if page.process: nb, n_api = quarto_to_nbconvert(processed_notebook(page.src, notes))
         elif page.src.suffix == ".ipynb":
             nb, n_api = quarto_to_nbconvert(nbformat.read(page.src, as_version=4))
         else: nb, n_api = report_notebook(page, site), 0
     text = rewrite_html(html_page(nb, f"{page.title} – {site.name}", nav, footer), site, "")
     (out / page.file).write_text(text, encoding="utf-8")
-    return page.file, time.time() - t0, n_api
+    return page.file, time.time() - t0, n_api, notes
 
 
 # --- the run's results -------------------------------------------------------------------------------------------
@@ -366,15 +407,57 @@ def site_css() -> str:
 _REF = re.compile(r"""<(\w+)\b[^>]*?\s(href|src)=["']([^"']*)["']""", re.I)
 _ID = re.compile(r"""\s(?:id|name)=["']([^"']+)["']""")
 _CSS_URL = re.compile(r"""url\(\s*['"]?(https?:)?//""", re.I)
+_LOCAL_ANCHOR = re.compile(r'href="([\w.-]+\.html)#([^"]+)"')
+
+
+def page_ids(out: Path) -> dict[Path, set[str]]:
+    return {p: set(_ID.findall(p.read_text(encoding="utf-8"))) for p in out.rglob("*.html")}
+
+
+def definition_line(py: Path, name: str) -> int | None:
+    "The line that defines `name` (a function, class, method or assignment) in a module."
+    if not py.exists(): return None
+    last = re.escape(name.split(".")[-1])
+    pat = re.compile(rf"^\s*(?:async\s+def|def|class)\s+{last}\b|^\s*{last}\s*[:=]", re.I)
+    return next((i for i, line in enumerate(py.read_text(encoding="utf-8").splitlines(), 1) if pat.match(line)), None)
+
+
+def fix_anchors(out: Path, site: Site) -> dict[str, int]:
+    """Links to API entries with no heading (methods, properties, private helpers that nbdev links but documents only
+    in the source) point at their class's entry, else at their definition in the source pages, else at the page."""
+    ids, counts = page_ids(out), {"class": 0, "source": 0, "page": 0}
+    modules = {p.file: site.root / site.lib.parent / (p.note.replace(".", "/") + ".py") for p in site.pages
+               if p.section == "Chapters" and p.note}
+
+    def fix(m):
+        file, frag = m.group(1), m.group(2)
+        target = out / file
+        if not target.exists() or frag in ids.get(target, set()): return m.group(0)
+        head = frag.split(".")[0]
+        if "." in frag and head in ids[target]:
+            counts["class"] += 1
+            return f'href="{file}#{head}"'
+        py = modules.get(file)
+        line = definition_line(py, frag) if py else None
+        if line:
+            counts["source"] += 1
+            return f'href="src/{rel(py, site.root)}.html#L-{line}"'
+        counts["page"] += 1
+        return f'href="{file}"'
+
+    for page in out.glob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        new = _LOCAL_ANCHOR.sub(fix, text)
+        if new != text: page.write_text(new, encoding="utf-8")
+    return counts
 
 
 def check_site(out: Path) -> tuple[list[str], list[str], list[str]]:
     "Resources loaded from the network, broken local links or anchors, and links to other sites, over every page."
-    pages = {p: p.read_text(encoding="utf-8") for p in out.rglob("*.html")}
-    ids = {p: set(_ID.findall(t)) for p, t in pages.items()}
+    ids = page_ids(out)
     remote, broken, external = [], [], []
-    for page, text in pages.items():
-        where = page.relative_to(out).as_posix()
+    for page in ids:
+        text, where = page.read_text(encoding="utf-8"), page.relative_to(out).as_posix()
         for tag, attr, url in _REF.findall(text):
             if url.startswith(("data:", "mailto:", "javascript:")) or not url: continue
             if re.match(r"(https?:)?//", url):
@@ -385,7 +468,8 @@ def check_site(out: Path) -> tuple[list[str], list[str], list[str]]:
             if not target.exists(): broken.append(f"{where}: {url} (no such file)")
             elif frag and target.suffix == ".html" and frag not in ids.get(target, set()):
                 broken.append(f"{where}: {url} (no anchor #{frag})")
-        if _CSS_URL.search(text): remote.append(f"{where}: a style loads url(http...)")
+        if any(_CSS_URL.search(css) for css in re.findall(r"<style[^>]*>(.*?)</style>", text, re.S)):
+            remote.append(f"{where}: a style loads url(http...)")
     css = out / "site.css"
     if css.exists() and _CSS_URL.search(css.read_text(encoding="utf-8")): remote.append("site.css: url(http...)")
     return remote, broken, external
@@ -404,12 +488,15 @@ def _worker_init(root: str) -> None:
     matplotlib.use("Agg")
 
 
-def build(out: Path, reports: Path, workers: int = 2, only: list[str] | None = None, root: Path = ROOT) -> Path:
-    "Build the site into `out` (replaced only when everything succeeded); returns `out`."
+def build(out: Path | None = None, reports: Path | None = None, workers: int = 2, only: list[str] | None = None,
+          root: Path = ROOT) -> Path:
+    "Build the site of the nbdev project `root` into `out` (replaced only when everything succeeded); returns `out`."
     t0 = time.time()
     root = Path(root).resolve()
+    reports = Path(reports).resolve() if reports else root / "reports" / "synth"
     os.chdir(root)
-    site = read_site(root, Path(reports).resolve())
+    site = read_site(root, reports)
+    out = Path(out).resolve() if out else site.doc_path
     site.pages = chapter_pages(site) + result_pages(site)
     todo = [p for p in site.pages if not only or p.section != "Chapters"
             or any(fnmatch.fnmatch(p.src.stem, pat) or p.src.stem == pat for pat in only)]
@@ -431,12 +518,16 @@ def build(out: Path, reports: Path, workers: int = 2, only: list[str] | None = N
             jobs = {pool.submit(build_page, p, site, tmp, nav_html(site, p, ""), footer): p for p in todo}
             for job in cf.as_completed(jobs):
                 page = jobs[job]
-                try: file, secs, n_api = job.result()
+                try: file, secs, n_api, notes = job.result()
                 except Exception as e:
                     for j in jobs: j.cancel()
                     raise SystemExit(f"docs: {rel(page.src, root)} failed: {e}") from e
                 api = f", {n_api} API entries" if page.process else ""
                 print(f"docs: {file:<28} {secs:5.1f}s  <- {rel(page.src, root)}{api}", flush=True)
+                for note in notes: print(f"docs:   note: {rel(page.src, root)}: {note}", flush=True)
+        fixed = fix_anchors(tmp, site)
+        print("docs: links to API entries without a heading now point at " +
+              ", ".join(f"{n} x {k}" for k, n in fixed.items()), flush=True)
         remote, broken, external = check_site(tmp)
         for line in external: print(f"docs: external link (not loaded): {line}")
         if only: broken = [b for b in broken if "(no such file)" not in b or "src/" in b]  # pages left out
@@ -448,14 +539,16 @@ def build(out: Path, reports: Path, workers: int = 2, only: list[str] | None = N
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "_docs", help="the site's folder (replaced when the build succeeds)")
-    ap.add_argument("--reports", type=Path, default=ROOT / "reports" / "synth", help="the run whose results are shown")
+    ap.add_argument("--out", type=Path, help="the site's folder, replaced when the build succeeds (default: settings.ini's "
+                                             "doc_path, _docs/)")
+    ap.add_argument("--reports", type=Path, help="the run whose results are shown (default: <root>/reports/synth)")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the nbdev project (its settings.ini); default: this repository")
     ap.add_argument("--workers", type=int, default=2, help="processes rendering pages")
     ap.add_argument("--only", nargs="+", metavar="CHAPTER",
                     help="render only these chapters (notebook names or globs, e.g. 32_eval.evaluate); "
                          "the front page, results and navigation are always built")
     args = ap.parse_args(argv)
-    build(args.out.resolve(), args.reports, args.workers, args.only)
+    build(args.out, args.reports, args.workers, args.only, root=args.root)
 
 
 if __name__ == "__main__":

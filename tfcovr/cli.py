@@ -36,6 +36,7 @@ ROUTED = {  # command -> (module:function taking argv, help)
     "pretrain": ("tfcovr.train.pretrain:pretrain_main", "pretrain the image encoder of params.yaml on rendered single frames"),
     "stage1": ("tfcovr.train.stage1:stage1_main", "train one Stage-1 encoder of params.yaml"),
     "embed": ("tfcovr.eval.embed:embed_main", "extract one encoder's embedding cache"),
+    "stage2": ("tfcovr.train.stage2:stage2_main", "train one Stage-2 run of params.yaml"),
     "search": ("tfcovr.eval.retrieval:search_main", "composed retrieval: VIDEO + TEXT -> top-k gallery videos"),
     "evaluate-embeddings": ("tfcovr.eval.released:evaluate_embeddings_main",
                             "score a folder of <video>.pth embeddings on a TF-CoVR val/test CSV (video-only row)"),

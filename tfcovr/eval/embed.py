@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +30,10 @@ from ..models.io import ModelFileError, read_json_object
 from ..data.video import FITS, INTERPOLATIONS, VideoRoots, add_data_args, args_roots, video_fingerprint, video_root, VideoError, load_clip, resize_clip, resolve_video, segment_indices
 
 # %% auto #0
-__all__ = ['POOLINGS', 'FRAMES', 'VideoEncoder', 'video_encoder_from_checkpoint', 'untrained_encoder', 'load_video_encoder',
-           'IncompleteEmbeddings', 'Embeddings', 'cache_folder', 'load_embeddings', 'extract_embeddings',
-           'write_pointer', 'resolve_pointer', 'prune_caches', 'EncoderSpec', 'EmbedConfig', 'build_encoder',
-           'load_embed_params', 'embed_main']
+__all__ = ['POOLINGS', 'FRAMES', 'VideoEncoder', 'video_encoder_from_checkpoint', 'untrained_encoder', 'encoder_settings',
+           'load_video_encoder', 'IncompleteEmbeddings', 'Embeddings', 'cache_folder', 'load_embeddings',
+           'extract_embeddings', 'write_pointer', 'resolve_pointer', 'prune_caches', 'EncoderSpec', 'EmbedConfig',
+           'build_encoder', 'load_embed_params', 'parse_shard', 'embed_main']
 
 # %% ../../nbs/30_eval.embed.ipynb #b8420e0d
 POOLINGS = ("model", "mean of per-frame embeddings")  # how an embedding comes from its frames (meta.json `pooling`)
@@ -159,9 +159,24 @@ def untrained_encoder(model: AIMConfig,      # variant, frames and backbone weig
     return VideoEncoder(m, src, dev, resolve_amp(amp, dev), num_frames, interpolation, frames, fit)
 
 # %% ../../nbs/30_eval.embed.ipynb #344d111b
-def load_video_encoder(checkpoint: str | Path, device: str = "cpu") -> VideoEncoder:
-    "The best checkpoint's encoder of a Stage-1 run folder (`video_encoder_from_checkpoint`, the name `tfcovr.eval.retrieval` uses)."
-    return video_encoder_from_checkpoint(checkpoint, device=device)
+def encoder_settings(meta: Mapping[str, Any],  # an embedding cache's meta.json (or a gallery's, which carries it)
+                     ) -> dict[str, Any]:      # num_frames, interpolation, frames, fit: `video_encoder_from_checkpoint` arguments
+    "The settings an encoder needs to embed a new video exactly as a cache's videos were (the inverse of `VideoEncoder.fields`)."
+    resize = str(meta.get("preprocessing", {}).get("resize", ""))
+    frames = {v: k for k, v in FRAMES.items()}.get(meta.get("sampling", "center"))
+    if frames is None: raise ValueError(f"meta.json: unknown sampling {meta.get('sampling')!r} (known: {', '.join(FRAMES.values())})")
+    return {"num_frames": meta.get("num_frames"), "frames": frames,
+            "fit": "stretch" if resize.startswith("whole frame stretched") else "crop",
+            "interpolation": "bicubic" if "bicubic" in resize else "bilinear"}
+
+
+def load_video_encoder(checkpoint: str | Path,              # a Stage-1 run folder
+                       device: str = "cpu",                 # where to compute
+                       like: Mapping[str, Any] | None = None,  # a cache's or gallery's meta: sample and resize as it did
+                       ) -> VideoEncoder:
+    "The best checkpoint's encoder of a Stage-1 run folder, set up like the cache `like` describes (the name `tfcovr.eval.retrieval` uses)."
+    return video_encoder_from_checkpoint(checkpoint, device=device, **(encoder_settings(like) if like else {}))
+
 
 # %% ../../nbs/30_eval.embed.ipynb #6b06837b
 class IncompleteEmbeddings(ValueError):
@@ -302,18 +317,29 @@ def extract_embeddings(encoder: VideoEncoder,        # the encoder (its key name
                        num_workers: int = 0,         # data-loader processes decoding ahead
                        progress: bool = True,        # tqdm bar (rank 0)
                        log_every: int = 1,           # print one line every this many parts written; 0: none
+                       shard: tuple[int, int] | None = None,  # (i, n): encode shard i of n alone (parts i::n) and do not merge;
+                                                     # None: every part, then merge
                        ) -> Path:                    # the cache folder
-    "Encode every video of `labels` into the cache; resumable, shardable with torchrun, failures recorded."
+    "Encode every video of `labels` into the cache; resumable, shardable with torchrun and across machines, failures recorded."
     if batch_size < 1 or shard_size < 1: raise ValueError("batch_size and shard_size must be >= 1")
     if log_every < 0: raise ValueError(f"log_every must be >= 0, got {log_every}")
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]): raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
     with distributed(encoder.device) as d:                                 # under torchrun: this process's share
         return _extract(encoder, labels, video_roots, Path(cache_root), batch_size, shard_size, num_workers, progress, log_every,
-                        d.rank, d.world)
+                        d.rank, d.world, shard)
+
+
+def _table_parts(videos: pd.DataFrame, shard_size: int) -> list[list[tuple]]:
+    "The videos of `_video_table` as (video_id, dataset, video_key, fingerprint), cut in table order into parts of `shard_size`."
+    rows = [tuple(r) for r in videos.itertuples(index=False)]
+    return [rows[i:i + shard_size] for i in range(0, len(rows), shard_size)]
 
 
 def _extract(encoder: VideoEncoder, labels: pd.DataFrame, video_roots: VideoRoots, cache_root: Path, batch_size: int,
-             shard_size: int, num_workers: int, progress: bool, log_every: int, rank: int, world: int) -> Path:
-    tag = f"embed {Path(cache_root).name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+             shard_size: int, num_workers: int, progress: bool, log_every: int, rank: int, world: int,
+             shard: tuple[int, int] | None = None) -> Path:
+    i, n = shard or (0, 1)
+    tag = f"embed {Path(cache_root).name}" + (f" [shard {i}/{n}]" if shard else "") + (f" [rank {rank}/{world}]" if world > 1 else "")
     say = (lambda line: print(f"{tag}: {line}", flush=True)) if log_every else (lambda line: None)
     videos = _video_table(labels, video_roots)
     fps = dict(zip(videos.video_id, videos.fingerprint))
@@ -323,8 +349,9 @@ def _extract(encoder: VideoEncoder, labels: pd.DataFrame, video_roots: VideoRoot
         return folder
     done, _ = _read_state(folder, encoder.key, fps)
     barrier()                                                                 # every rank planned before any part is written
-    todo = [tuple(r) for r in videos.itertuples(index=False) if r.video_id not in done]
-    parts = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)][rank::world]
+    table_parts = _table_parts(videos, shard_size)                          # the same parts on every machine
+    mine = table_parts[i::n][rank::world]                                    # this shard's parts, this process's share of them
+    parts = [p for p in ([it for it in part if it[0] not in done] for part in mine) if p]   # their videos not yet done
     items = [it for p in parts for it in p]
     say(f"{len(videos)} videos, {len(done)} already encoded, {len(items)} to encode in {len(parts)} part(s) of up to {shard_size}")
     clips = _Clips(items, video_roots, encoder.num_frames, encoder.size, encoder.interpolation, encoder.sampling, encoder.fit)
@@ -347,6 +374,14 @@ def _extract(encoder: VideoEncoder, labels: pd.DataFrame, video_roots: VideoRoot
         bar.update(len(batch))
     bar.close()
     barrier()
+    if shard is not None:                        # a shard's parts are written; a later run without a shard merges every shard's
+        if rank == 0:
+            ids = [it[0] for part in table_parts[i::n] for it in part]
+            now, _ = _read_state(folder, encoder.key, fps)
+            left = sum(v not in now for v in ids)
+            say(f"{len(ids) - left} of its {len(ids)} videos encoded{f', {left} failed' if left else ''}; parts in {folder / 'parts'}, not merged")
+        barrier()
+        return folder
     if rank == 0:
         meta = _merge(encoder, folder, videos)
         say(f"cache {encoder.key} complete ({meta['n_videos']} videos)" if meta["complete"] else
@@ -475,21 +510,36 @@ def load_embed_params(params_file: str | Path) -> tuple[EmbedConfig, int]:
     return p["embed"], p["seed"]
 
 
+def parse_shard(text: str,  # `I/N`: shard I (0-based) of N
+               ) -> tuple[int, int]:
+    "The shard `--shard I/N` names, as (I, N); anything else raises naming the option."
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not int(m[1]) < int(m[2]): raise ValueError(f"--shard: expected I/N with 0 <= I < N (shard I of N, e.g. 0/2), got {text!r}")
+    return int(m[1]), int(m[2])
+
+
 def embed_main(argv: list[str] | None = None) -> int:
-    "Entry point of `tfcovr embed`: extract the embeddings of one encoder of a params file (torchrun shards it)."
+    "Entry point of `tfcovr embed`: extract the embeddings of one encoder of a params file (torchrun and `--shard` split the work)."
     ap = argparse.ArgumentParser(prog="tfcovr embed", description="Encode every video of a labels table into the embedding cache.")
     ap.add_argument("name", help="encoder name (a key of the params file's embed.encoders)")
     add_data_args(ap)
     ap.add_argument("--cache-root", type=Path, default=None, help="cache folders go here (default embeddings/<name>)")
     ap.add_argument("--pointer", type=Path, default=None, help="pointer file (default embeddings/<name>.json)")
+    ap.add_argument("--shard", default=None, metavar="I/N", help="encode shard I of N (0-based) only and write its part files, "
+                    "without merging; a later run without --shard, given every shard's parts/, merges them")
     a = ap.parse_args(argv)
+    shard = None if a.shard is None else parse_shard(a.shard)
     cfg, seed = load_embed_params(a.params)                  # input errors reach `tfcovr.cli.main`: one line, exit 2
     if a.name not in cfg.encoders: raise ValueError(f"{a.params}: embed.encoders.{a.name}: no such encoder (known: {', '.join(cfg.encoders)})")
     labels, roots = pd.read_parquet(a.labels), args_roots(a)
     with distributed(cfg.device) as d:
         enc = build_encoder(cfg.encoders[a.name], seed, str(d.device), cfg.amp, a.name, cfg.interpolation, cfg.frames, cfg.fit)
         folder = extract_embeddings(enc, labels, roots, a.cache_root or Path("embeddings") / a.name, cfg.batch_size,
-                                    cfg.shard_size, cfg.num_workers)
+                                    cfg.shard_size, cfg.num_workers, shard=shard)
+    if shard is not None:                                    # no cache yet: the parts of this shard
+        if d.main: print(f"{folder / 'parts'}: shard {shard[0]}/{shard[1]} written; with every shard's parts in one "
+                         f"{folder.name}/parts folder, `tfcovr embed {a.name}` (no --shard) merges them")
+        return 0
     if d.main:
         ptr = write_pointer(folder, a.pointer or Path("embeddings") / f"{a.name}.json", a.name)
         meta = json.loads((folder / "meta.json").read_text())

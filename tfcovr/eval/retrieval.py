@@ -150,7 +150,7 @@ class ComposedRetriever:
         self.model = ComposedModel.from_pretrained(model_dir, device)
         self.gallery = gallery if isinstance(gallery, GalleryIndex) else GalleryIndex.load(gallery)
         check_dims(self.model.checkpoint_dim, self.model.video_dim, self.gallery.dim)
-        if isinstance(video_encoder, (str, Path)): video_encoder = load_video_encoder(video_encoder, device)
+        if isinstance(video_encoder, (str, Path)): video_encoder = load_video_encoder(video_encoder, device, like=self.gallery.meta)   # sampled and resized as the gallery
         self.video_encoder = video_encoder
 
     def query_video(self, video) -> tuple[np.ndarray, str | None]:
