@@ -20,9 +20,13 @@ $(STAMP): requirements.txt settings.ini setup.py
 venv: $(STAMP)
 
 # The documentation site in _docs/ (settings.ini's doc_path), built offline without Quarto: docs/build.py.
-.PHONY: docs outputs
+.PHONY: docs outputs readme
 docs: venv
 	python docs/build.py
+
+# README.md is written from nbs/index.ipynb (the docs site's front page); tests/test_readme.py checks they agree.
+readme:
+	python3 docs/readme.py
 
 # Store the outputs of the chapters that run in under 60 s in nbs/ (then nbdev_clean): docs/outputs.py.
 outputs: venv

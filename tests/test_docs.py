@@ -17,7 +17,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 def _load_build():
     spec = importlib.util.spec_from_file_location("docs_build", ROOT / "docs" / "build.py")
-    mod = importlib.util.module_from_spec(spec)
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
@@ -40,11 +40,21 @@ def _chapters():
     return [p for p in sorted((ROOT / "nbs").glob("*.ipynb")) if p.name != "index.ipynb" and p.name[0] not in "._"]
 
 
+def _stored_figures(nb: Path) -> int:
+    "Image outputs stored in a notebook (`make outputs`)."
+    cells = json.loads(nb.read_text())["cells"]
+    return sum(any(k.startswith("image/") for k in o.get("data", {})) for c in cells for o in c.get("outputs", []))
+
+
+def _page_figures(html: str) -> int:
+    return len(re.findall(r"""<img\b[^>]*\ssrc=["']data:image/(?:png|jpeg)""", html))
+
+
 def _nav_files(page: Path, section: str) -> list[str]:
     "The links of one section of a page's navigation, in order."
-    nav = re.search(r'<nav class="site-nav".*?</nav>', page.read_text(), re.S).group(0)
-    part = re.search(rf"<h2>{section}</h2><[ou]l>(.*?)</[ou]l>", nav, re.S).group(1)
-    return re.findall(r'<a href="([^"]+)"', part)
+    nav = re.search(r'<nav\b[^>]*class="site-nav".*?</nav>', page.read_text(), re.S).group(0)
+    part = re.search(rf"<h2>{section}</h2>\s*<[ou]l>(.*?)</[ou]l>", nav, re.S).group(1)
+    return re.findall(r'<a\b[^>]*\shref="([^"]+)"', part)
 
 
 def test_site_files(site):
@@ -56,7 +66,7 @@ def test_site_files(site):
     # the navigation lists every chapter in reading order (the file numbers), on every page
     assert _nav_files(out / "index.html", "Chapters") == pages
     assert _nav_files(out / "eval.evaluate.html", "Chapters") == pages
-    assert 'class="current">Evaluation<' in (out / "eval.evaluate.html").read_text()
+    assert re.search(r'<a class="current" href="eval.evaluate.html">Evaluation<', (out / "eval.evaluate.html").read_text())
     # the README's table of notebooks, in reading order, is the same list
     readme = (ROOT / "README.md").read_text()
     table = re.search(r"## Notebooks, in reading order(.*?)\n## ", readme, re.S)
@@ -64,7 +74,8 @@ def test_site_files(site):
     # nothing loads from the network, every local link and anchor resolves
     remote, broken, _ = build.check_site(out)
     assert remote == [] and broken == []
-    assert "http://" not in (out / "site.css").read_text() and "https://" not in (out / "site.css").read_text()
+    css = re.sub(r"/\*.*?\*/", "", (out / "site.css").read_text(), flags=re.S)  # comments cite their sources
+    assert "http" not in css and "@import" not in css
     html = (out / "eval.evaluate.html").read_text()
     assert not re.search(r"""<(script|link|img|iframe)\b[^>]*\s(src|href)=["']https?:""", html)
     assert "tfcovr.github.io" not in html and "github.com/tfcovr" not in html  # rewritten to local pages
@@ -73,6 +84,8 @@ def test_site_files(site):
     m = re.search(r'<a class="source-link" href="(src/tfcovr/eval/evaluate\.py\.html)#(L-\d+)">', html)
     assert m and f'id="{m.group(2)}"' in (out / m.group(1)).read_text()
     assert re.search(r"docs: eval\.evaluate\.html .* \d+ API entries", log)
+    # every figure a chapter stores is on its page
+    for nb, name in zip(chapters, pages): assert _page_figures((out / name).read_text()) >= _stored_figures(nb), name
 
 
 def test_results_pages(site):
@@ -175,6 +188,13 @@ def test_pages_in_browser(site, browser):
     sig = browser.execute_script("return document.getElementById('evaluate_table').parentElement.textContent")
     assert "def evaluate_table(" in sig and "EvaluationRun" in sig
     assert all(ok for _, ok in page["images"]), page["images"]
+
+    chapters = _chapters()
+    most = max(chapters, key=_stored_figures)  # the chapter with the most stored figures, if any are stored
+    if _stored_figures(most):
+        page = _open(browser, out / build.notebook_front(most)[0]["output-file"])
+        assert sum(ok for src, ok in page["images"] if src.startswith("data:image/png")) >= _stored_figures(most)
+        assert all(ok for _, ok in page["images"]) and page["errors"] == []
 
     figures = _open(browser, out / "figures.html")
     assert len(figures["images"]) == len(build.figure_files(ROOT / "reports" / "synth")) > 0
