@@ -291,6 +291,8 @@ def processed_notebook(path: Path, skipped: list[str]) -> dict:
 def rewrite_html(text: str, site: Site, prefix: str) -> str:
     "Links to the published site become relative, links to the repository's source point at the source pages, anchors lower case."
     text = text.replace(f'href="{site.doc_url}', f'href="{prefix}')
+    run = "../" + rel(site.reports, site.root) + "/"          # a notebook's link into the committed run (nbs/../reports/synth/)
+    for attr in ("src", "href"): text = text.replace(f'{attr}="{run}', f'{attr}="{prefix}results/')
     src = re.escape(site.src_url)
     text = re.sub(rf'href="{src}([^"#]+\.py)(?:#L(\d+))?"',
                   lambda m: f'href="{prefix}src/{m.group(1)}.html' + (f'#L-{m.group(2)}"' if m.group(2) else '"'), text)
