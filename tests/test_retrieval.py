@@ -84,9 +84,11 @@ def test_search_by_gallery_id_embedding_file_and_frames(trained, tmp_path):
 def test_stage1_checkpoint_goes_through_tfcovr_embed(trained, monkeypatch):
     import tfcovr.eval.retrieval as R
     calls = []
-    monkeypatch.setattr(R, "load_video_encoder", lambda ckpt, device="cpu": calls.append((ckpt, device)) or (lambda v: np.ones(32, np.float32)))
+    monkeypatch.setattr(R, "load_video_encoder",
+                        lambda ckpt, device="cpu", like=None: calls.append((ckpt, device, like)) or (lambda v: np.ones(32, np.float32)))
     r = ComposedRetriever(trained["model"], trained["gallery"], video_encoder="models/stage1")
-    assert calls == [("models/stage1", "cpu")] and len(r.search(np.zeros((2, 4, 4, 3), np.uint8), "turn it into a leap", 3)) == 3
+    # the query encoder is set up like the gallery's cache (its meta.json: frames, fit, filter)
+    assert calls == [("models/stage1", "cpu", r.gallery.meta)] and len(r.search(np.zeros((2, 4, 4, 3), np.uint8), "turn it into a leap", 3)) == 3
 
 
 def test_dimension_mismatch_names_three_sizes(trained):
@@ -122,7 +124,7 @@ def test_search_command_takes_a_frame_folder_query(trained, tmp_path, monkeypatc
     def encoder(video):                                       # reads the frames as the Stage-1 encoder does
         seen.append(load_clip(video, 4).shape)
         return emb
-    monkeypatch.setattr(R, "load_video_encoder", lambda ckpt, device="cpu": encoder)
+    monkeypatch.setattr(R, "load_video_encoder", lambda ckpt, device="cpu", like=None: encoder)
     rc = main(["search", str(folder), "turn it into a leap", "-k", "3", "--stage1", "models/stage1", *_where(trained)])
     out, err = capsys.readouterr()
     assert (rc, _said(err), seen) == (0, [], [(4, 16, 16, 3)])
